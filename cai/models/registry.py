@@ -1,0 +1,76 @@
+"""Model spec strings -> ChatModel instances.
+
+A spec is ``backend:model`` (``embedded`` alone is allowed). Built-in backends are imported
+lazily so that e.g. vLLM is only imported when a ``vllm:`` spec is used. Third-party backends
+register a factory ``(model: str, **options) -> ChatModel`` under the entry point group
+``cai.models``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+from cai.models.base import ChatModel
+
+ENTRY_POINT_GROUP = "cai.models"
+
+# backend name -> "module:factory"
+BUILTIN_BACKENDS: dict[str, str] = {
+    "embedded": "cai.models.hf:load_embedded",
+    "hf": "cai.models.hf:load_hf",
+    "vllm": "cai.models.vllm_inproc:load_vllm",
+    "openai": "cai.models.openai_backend:load_openai",
+    "litellm": "cai.models.litellm_backend:load_litellm",
+}
+
+
+class ModelSpecError(ValueError):
+    pass
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split ``backend:model``. ``embedded`` needs no model part."""
+    spec = spec.strip()
+    if not spec:
+        raise ModelSpecError("empty model spec; expected e.g. 'embedded', 'hf:PATH', 'openai:MODEL'")
+    backend, sep, model = spec.partition(":")
+    if not sep:
+        if backend == "embedded":
+            return "embedded", ""
+        raise ModelSpecError(
+            f"model spec {spec!r} has no backend; expected 'BACKEND:MODEL' with BACKEND one of "
+            f"{', '.join(available_backends())}"
+        )
+    return backend, model
+
+
+def available_backends() -> list[str]:
+    names = set(BUILTIN_BACKENDS)
+    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
+
+
+def _factory(backend: str) -> Callable[..., ChatModel]:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == backend:
+            return ep.load()
+    target = BUILTIN_BACKENDS.get(backend)
+    if target is None:
+        raise ModelSpecError(
+            f"unknown model backend {backend!r}; known: {', '.join(available_backends())}"
+        )
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load_model(spec: str | ChatModel, **options: Any) -> ChatModel:
+    """Build a ChatModel from a spec string (a ChatModel passes through unchanged)."""
+    if isinstance(spec, ChatModel):
+        return spec
+    backend, model = parse_spec(spec)
+    chat_model = _factory(backend)(model, **options)
+    if not chat_model.spec:
+        chat_model.spec = spec
+    return chat_model
