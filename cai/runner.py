@@ -1,0 +1,344 @@
+"""A generic, resumable runner: samples in, one async work function per sample, outputs out.
+
+Used by ``cai generate`` (critique-revise) and reusable for any per-sample LLM job
+(e.g. ``cai label``). How to reuse it::
+
+    from cai.runner import Outcome, OutputWriter, Runner, Sample
+    from cai.store import CachedModel, RunStore
+
+    store = RunStore(run_dir, config={"model": spec, "judge": ..., "params": ...}, new_run=False)
+    model = CachedModel(load_model(spec), store)   # finished calls are never repeated
+
+    async def work(sample: Sample) -> Outcome:
+        verdict = await judge_with(model, sample.data)          # your logic
+        return Outcome(record=verdict_dict, counters={"consistent": 1.0})
+        # or Outcome(record=partial_or_None, failed="parse_error") -> retried on resume
+
+    writers = [OutputWriter("labels.jsonl", lambda record: [record])]
+    summary = await Runner(store, writers, concurrency=32, title="label").run(samples, work)
+    store.close()
+
+Guarantees:
+- Each sample is its own task; at most ``concurrency`` run at once (no waves: a fast sample
+  never waits for a slow one).
+- A sample's outcome is committed to the store, then its output lines are appended to each
+  writer's file (flushed), then the new file sizes are committed. On the next run, files are
+  truncated to the committed sizes and finished-but-unwritten samples are written, so every
+  done sample appears in every output exactly once, whenever the process was killed.
+- Samples already ``done`` are skipped; ``failed`` ones are retried. A sample id whose input
+  changed since the earlier run is refused (``ConfigMismatchError``).
+- ``work`` raising ``ModelError`` marks the sample failed with ``exc.reason``; any other
+  exception marks it failed with the exception's type name (the first is printed with its
+  traceback). The run itself never crashes on a sample.
+- ``Outcome.usage`` tokens are added to the counters as ``prompt_tokens`` / ``completion_tokens``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import IO, Any, Awaitable, Callable, Iterable, Sequence
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from cai.models.base import ModelError, Usage
+from cai.store import ConfigMismatchError, RunStore
+
+
+@dataclass
+class Sample:
+    """One unit of work. ``id`` must be stable across runs (resume matches on it)."""
+
+    id: str
+    data: Any
+    input_hash: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.input_hash:
+            payload = json.dumps(self.data, sort_keys=True, ensure_ascii=False, default=str)
+            self.input_hash = hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class Outcome:
+    """What a work function returns. ``record`` must be JSON-serialisable."""
+
+    record: dict[str, Any] | None
+    failed: str | None = None  # failure reason; the sample is retried on the next run
+    counters: dict[str, float] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class OutputWriter:
+    """A JSONL file in the run directory; ``lines(record)`` gives the rows for one done sample."""
+
+    name: str
+    lines: Callable[[dict[str, Any]], Iterable[dict[str, Any]]]
+
+
+Work = Callable[[Sample], Awaitable[Outcome]]
+
+
+@dataclass
+class RunSummary:
+    title: str
+    total: int  # samples given to this run
+    done_before: int  # already done when the run started (skipped)
+    done: int  # finished in this run
+    failed: dict[str, int]  # reason -> count, samples still failed at the end of this run
+    counters: dict[str, float]  # summed over every done sample of the given set
+    wall_s: float
+    model_calls: int  # real calls made by this process
+    cache_hits: int  # calls served from the store
+    usage: Usage  # tokens of this process's real calls
+
+    @property
+    def n_failed(self) -> int:
+        return sum(self.failed.values())
+
+    def table(self) -> Table:
+        table = Table(title=f"{self.title}: summary", show_header=False)
+        table.add_column("what", style="bold")
+        table.add_column("value", justify="right")
+        rate = self.done / self.wall_s if self.wall_s > 0 else 0.0
+        table.add_row("samples", str(self.total))
+        table.add_row("done in this run", f"{self.done}  ({rate:.2f}/s)")
+        table.add_row("done earlier (skipped)", str(self.done_before))
+        for name, value in sorted(self.counters.items()):
+            if name not in ("prompt_tokens", "completion_tokens"):
+                table.add_row(name.replace("_", " "), _fmt(value))
+        table.add_row("failed", str(self.n_failed), style="red" if self.failed else None)
+        for reason, count in sorted(self.failed.items()):
+            table.add_row(f"  {reason}", str(count), style="red")
+        table.add_row("model calls (new / cached)", f"{self.model_calls} / {self.cache_hits}")
+        table.add_row(
+            "tokens (prompt / completion)",
+            f"{_fmt(self.counters.get('prompt_tokens', 0))} / "
+            f"{_fmt(self.counters.get('completion_tokens', 0))}",
+        )
+        table.add_row("wall time", f"{self.wall_s:.1f} s")
+        return table
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.fields.get("rate")
+        return Text(f"{speed:.2f}/s" if speed else "-/s", style="progress.data.speed")
+
+
+class _OutputFiles:
+    """Append-only JSONL outputs whose committed sizes live in the store."""
+
+    def __init__(self, store: RunStore, writers: Sequence[OutputWriter]):
+        self.store = store
+        self.writers = list(writers)
+        self.files: dict[str, IO[str]] = {}
+
+    def open(self) -> None:
+        if self.store.run_dir is None or not self.writers:
+            self.writers = []
+            return
+        paths = {w.name: self.store.run_dir / w.name for w in self.writers}
+        sizes = self.store.output_sizes()
+        consistent = all(
+            name in sizes and path.exists() and path.stat().st_size >= sizes[name]
+            for name, path in paths.items()
+        ) or not any(True for _ in self.store.samples("done"))
+        if not consistent:  # a file was deleted/shortened or a writer added: rebuild from the store
+            self.store.reset_outputs()
+            sizes = {}
+        for name, path in paths.items():
+            with open(path, "a", encoding="utf-8") as f:  # create if missing
+                f.truncate(sizes.get(name, 0))  # drop anything written after the last commit
+            self.files[name] = open(path, "a", encoding="utf-8")
+        for row in list(self.store.samples("done")):
+            if not row.written:
+                self.write(row.id, row.record or {})
+
+    def write(self, sample_id: str, record: dict[str, Any]) -> None:
+        if not self.writers:
+            return
+        sizes = {}
+        for writer in self.writers:
+            f = self.files[writer.name]
+            for line in writer.lines(record):
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+            f.flush()
+            sizes[writer.name] = f.tell()
+        self.store.mark_written(sample_id, sizes)
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
+
+
+class Runner:
+    def __init__(
+        self,
+        store: RunStore,
+        writers: Sequence[OutputWriter] = (),
+        *,
+        concurrency: int = 16,
+        progress: bool = True,
+        title: str = "run",
+        show_counters: Sequence[str] = (),
+        console: Console | None = None,
+    ):
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.store = store
+        self.writers = writers
+        self.concurrency = concurrency
+        self.progress = progress
+        self.title = title
+        self.show_counters = list(show_counters)
+        self.console = console or Console(stderr=True)
+
+    async def run(self, samples: Iterable[Sample], work: Work) -> RunSummary:
+        samples = list(samples)
+        ids = [s.id for s in samples]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i, c in Counter(ids).items() if c > 1)
+            raise ValueError(f"sample ids must be unique; {dup!r} appears more than once")
+        outputs = _OutputFiles(self.store, self.writers)
+        outputs.open()
+        try:
+            return await self._run(samples, work, outputs)
+        finally:
+            outputs.close()
+
+    async def _run(self, samples: list[Sample], work: Work, outputs: _OutputFiles) -> RunSummary:
+        pending: list[Sample] = []
+        counters: Counter[str] = Counter()
+        done_before = 0
+        for sample in samples:
+            row = self.store.sample(sample.id)
+            if row is not None and row.input_hash != sample.input_hash:
+                raise ConfigMismatchError(
+                    f"sample {sample.id!r} differs from the one this run directory processed "
+                    "earlier (the input changed); use --new-run or another output directory"
+                )
+            if row is not None and row.status == "done":
+                done_before += 1
+                counters.update(row.counters)
+            else:
+                pending.append(sample)
+
+        failed: Counter[str] = Counter()
+        done = 0
+        hits0, misses0, usage0 = self.store.hits, self.store.misses, self.store.usage
+        start = time.monotonic()
+        printed_trace = False
+        queue = iter(pending)
+
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"),
+            console=self.console,
+            disable=not self.progress,
+            transient=False,
+        )
+        task_id = progress.add_task(self.title, total=len(samples), completed=done_before, stats="", rate=0.0)
+
+        def stats_text() -> str:
+            parts = [f"{name.replace('_', ' ')} {_fmt(counters.get(name, 0))}" for name in self.show_counters]
+            parts.append(f"failed {sum(failed.values())}")
+            return " · ".join(parts)
+
+        async def run_one(sample: Sample) -> None:
+            nonlocal done, printed_trace
+            try:
+                outcome = await work(sample)
+            except ModelError as exc:
+                outcome = Outcome(record={"id": sample.id, "error": str(exc)}, failed=exc.reason)
+            except Exception as exc:  # a bug or bad data must not kill the whole run
+                if not printed_trace:
+                    printed_trace = True
+                    self.console.print(f"[red]sample {sample.id} raised:[/red]\n{traceback.format_exc()}")
+                outcome = Outcome(record={"id": sample.id, "error": str(exc)}, failed=type(exc).__name__)
+            sample_counters = dict(outcome.counters)
+            if outcome.usage.calls or outcome.usage.total_tokens:
+                sample_counters["prompt_tokens"] = outcome.usage.prompt_tokens
+                sample_counters["completion_tokens"] = outcome.usage.completion_tokens
+            self.store.finish_sample(
+                sample.id,
+                sample.input_hash,
+                record=outcome.record,
+                failed=outcome.failed,
+                counters=sample_counters,
+            )
+            if outcome.failed:
+                failed[outcome.failed] += 1
+            else:
+                outputs.write(sample.id, outcome.record or {})
+                counters.update(sample_counters)
+                done += 1
+            elapsed = time.monotonic() - start
+            progress.update(
+                task_id, advance=1, stats=stats_text(), rate=(done + sum(failed.values())) / max(elapsed, 1e-9)
+            )
+
+        async def worker() -> None:
+            for sample in queue:  # shared iterator: each worker pulls the next sample when free
+                await run_one(sample)
+
+        with progress:
+            progress.update(task_id, stats=stats_text())
+            n_workers = min(self.concurrency, len(pending))
+            tasks = [asyncio.create_task(worker()) for _ in range(n_workers)]
+            try:
+                await asyncio.gather(*tasks)
+            finally:  # an error outside a sample (e.g. disk full) stops the other workers too
+                for t in tasks:
+                    t.cancel()
+
+        summary = RunSummary(
+            title=self.title,
+            total=len(samples),
+            done_before=done_before,
+            done=done,
+            failed=dict(failed),
+            counters=dict(counters),
+            wall_s=time.monotonic() - start,
+            model_calls=self.store.misses - misses0,
+            cache_hits=self.store.hits - hits0,
+            usage=Usage(
+                self.store.usage.prompt_tokens - usage0.prompt_tokens,
+                self.store.usage.completion_tokens - usage0.completion_tokens,
+                self.store.usage.calls - usage0.calls,
+            ),
+        )
+        return summary
+
+    def print_summary(self, summary: RunSummary) -> None:
+        self.console.print(summary.table())
+

@@ -1,0 +1,221 @@
+"""Runner + store logic with scripted models: concurrency, resume, exactly-once outputs, cache."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cai.models import GenParams, PermanentModelError, ScriptedModel, TransientModelError
+from cai.runner import Outcome, OutputWriter, Runner, Sample
+from cai.store import CachedModel, ConfigMismatchError, RunLockedError, RunStore
+
+WRITERS = [
+    OutputWriter("out.jsonl", lambda r: [r]),
+    OutputWriter("even.jsonl", lambda r: [r] if r["n"] % 2 == 0 else []),
+]
+
+
+def _samples(n: int) -> list[Sample]:
+    return [Sample(id=f"s{i}", data={"n": i}) for i in range(n)]
+
+
+def _work(model):
+    async def work(sample: Sample) -> Outcome:
+        a = await model.chat([{"role": "user", "content": f"q{sample.data['n']}"}])
+        b = await model.chat([{"role": "user", "content": f"q{sample.data['n']}"}, {"role": "assistant", "content": a.text}])
+        return Outcome(record={"id": sample.id, "n": sample.data["n"], "text": b.text}, counters={"ok": 1}, usage=a.usage + b.usage)
+
+    return work
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_run_writes_outputs_and_summary(tmp_path):
+    store = RunStore(tmp_path, {"model": "scripted"})
+    model = CachedModel(ScriptedModel(lambda m, p: m[-1]["content"] + "!"), store)
+    summary = await Runner(store, WRITERS, concurrency=4, progress=False).run(_samples(10), _work(model))
+    assert summary.done == 10 and summary.n_failed == 0 and summary.counters["ok"] == 10
+    assert summary.model_calls == 20 and summary.cache_hits == 0
+    assert summary.counters["prompt_tokens"] > 0
+    assert sorted(r["n"] for r in _lines(tmp_path / "out.jsonl")) == list(range(10))
+    assert sorted(r["n"] for r in _lines(tmp_path / "even.jsonl")) == [0, 2, 4, 6, 8]
+    store.close()
+
+    # rerunning a finished run: nothing to do, zero model calls, outputs unchanged
+    store = RunStore(tmp_path, {"model": "scripted"})
+    scripted = ScriptedModel(lambda m, p: "x")
+    summary = await Runner(store, WRITERS, progress=False).run(_samples(10), _work(CachedModel(scripted, store)))
+    assert summary.done == 0 and summary.done_before == 10 and scripted.calls == []
+    assert len(_lines(tmp_path / "out.jsonl")) == 10
+    store.close()
+
+
+async def test_bounded_concurrency_without_waves(tmp_path):
+    inflight = peak = 0
+    finished: list[str] = []
+
+    async def work(sample: Sample) -> Outcome:
+        nonlocal inflight, peak
+        inflight += 1
+        peak = max(peak, inflight)
+        await asyncio.sleep(0.2 if sample.id == "s0" else 0.01)
+        inflight -= 1
+        finished.append(sample.id)
+        return Outcome(record={"id": sample.id})
+
+    store = RunStore(None)
+    await Runner(store, concurrency=3, progress=False).run(_samples(12), work)
+    assert peak == 3
+    # the slow sample does not hold back the others: they all finish before it
+    assert finished[-1] == "s0"
+
+
+async def test_failures_are_recorded_and_retried(tmp_path):
+    attempts: dict[str, int] = {}
+
+    async def flaky(sample: Sample) -> Outcome:
+        attempts[sample.id] = attempts.get(sample.id, 0) + 1
+        if sample.id == "s1" and attempts[sample.id] == 1:
+            raise PermanentModelError("bad request", reason="bad_request")
+        if sample.id == "s2" and attempts[sample.id] == 1:
+            raise KeyError("bug")
+        if sample.id == "s3" and attempts[sample.id] == 1:
+            return Outcome(record=None, failed="unparsable")
+        return Outcome(record={"id": sample.id, "n": 0})
+
+    with RunStore(tmp_path, {}) as store:
+        summary = await Runner(store, WRITERS, progress=False).run(_samples(5), flaky)
+    assert summary.failed == {"bad_request": 1, "KeyError": 1, "unparsable": 1}
+    assert len(_lines(tmp_path / "out.jsonl")) == 2
+    with RunStore(tmp_path, {}) as store:
+        summary = await Runner(store, WRITERS, progress=False).run(_samples(5), flaky)
+        assert store.status_counts() == {"done": 5}
+    assert summary.done == 3 and summary.done_before == 2 and summary.failed == {}
+    assert sorted(r["id"] for r in _lines(tmp_path / "out.jsonl")) == [f"s{i}" for i in range(5)]
+
+
+async def test_torn_and_unwritten_outputs_are_repaired(tmp_path):
+    with RunStore(tmp_path, {}) as store:
+        model = CachedModel(ScriptedModel(lambda m, p: "a"), store)
+        await Runner(store, WRITERS, progress=False).run(_samples(4), _work(model))
+        # a crash after the outcome commit, before the lines were written
+        store.finish_sample("s9", Sample("s9", {"n": 9}).input_hash, record={"id": "s9", "n": 9})
+    with open(tmp_path / "out.jsonl", "a") as f:  # a crash in the middle of a write
+        f.write('{"id": "s4", "n": 4, "te')
+    with RunStore(tmp_path, {}) as store:
+        await Runner(store, WRITERS, progress=False).run(_samples(4), _work(CachedModel(ScriptedModel([]), store)))
+    ids = [r["id"] for r in _lines(tmp_path / "out.jsonl")]
+    assert sorted(ids) == ["s0", "s1", "s2", "s3", "s9"]
+
+    (tmp_path / "even.jsonl").unlink()  # a deleted output is rebuilt from the store
+    with RunStore(tmp_path, {}) as store:
+        await Runner(store, WRITERS, progress=False).run(_samples(4), _work(CachedModel(ScriptedModel([]), store)))
+    assert sorted(r["n"] for r in _lines(tmp_path / "even.jsonl")) == [0, 2]
+    assert len(_lines(tmp_path / "out.jsonl")) == 5
+
+
+def test_config_mismatch_input_change_and_lock(tmp_path):
+    RunStore(tmp_path, {"model": "a", "seed": 1}).close()
+    with pytest.raises(ConfigMismatchError, match=r"model: 'a' -> 'b'"):
+        RunStore(tmp_path, {"model": "b", "seed": 1})
+    store = RunStore(tmp_path, {"model": "a", "seed": 1})
+    with pytest.raises(RunLockedError):
+        RunStore(tmp_path, {"model": "a", "seed": 1})
+    store.finish_sample("s0", "hash-old", record={"id": "s0"})
+
+    async def work(sample):
+        return Outcome(record={})
+
+    with pytest.raises(ConfigMismatchError, match="s0"):
+        asyncio.run(Runner(store, progress=False).run([Sample("s0", {"n": 0})], work))
+    store.close()
+
+    fresh = RunStore(tmp_path, {"model": "b"}, new_run=True)
+    assert fresh.moved_to is not None and (fresh.moved_to / "state.sqlite").exists()
+    assert fresh.config == {"model": "b"} and fresh.status_counts() == {}
+    fresh.close()
+
+
+async def test_cached_model_shares_inflight_and_skips_errors(tmp_path):
+    calls = 0
+
+    def script(messages, params):
+        nonlocal calls
+        calls += 1
+        if messages[-1]["content"] == "boom":
+            raise TransientModelError("503")
+        return "hi"
+
+    store = RunStore(None)
+    model = CachedModel(ScriptedModel(script, delay=0.05), store)
+    msgs = [{"role": "user", "content": "q"}]
+    results = await asyncio.gather(*(model.chat(msgs) for _ in range(5)))
+    assert calls == 1 and {r.text for r in results} == {"hi"}
+    again = await model.chat(msgs)
+    assert again.cached and calls == 1
+    other = await model.chat(msgs, GenParams(max_tokens=3))  # params are part of the key
+    assert not other.cached and calls == 2
+    for _ in range(2):
+        with pytest.raises(TransientModelError):
+            await model.chat([{"role": "user", "content": "boom"}])
+    assert calls == 4 and store.cached_calls == 2 and store.model_calls == 2
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from cai.models import ScriptedModel
+    from cai.runner import Outcome, OutputWriter, Runner, Sample
+    from cai.store import CachedModel, RunStore
+
+    async def main():
+        store = RunStore(sys.argv[1], {"model": "scripted"})
+        model = CachedModel(ScriptedModel(lambda m, p: m[-1]["content"] + "!", delay=0.02), store)
+
+        async def work(sample):
+            a = await model.chat([{"role": "user", "content": sample.id}])
+            b = await model.chat([{"role": "user", "content": a.text}])
+            return Outcome(record={"id": sample.id, "text": b.text})
+
+        samples = [Sample(f"s{i}", {"i": i}) for i in range(300)]
+        await Runner(store, [OutputWriter("out.jsonl", lambda r: [r])], concurrency=8, progress=False).run(samples, work)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_kill_9_then_resume_exactly_once(tmp_path):
+    run_dir = tmp_path / "run"
+    script = tmp_path / "job.py"
+    script.write_text(KILL_SCRIPT)
+    for _ in range(2):  # kill twice at different points, then let it finish
+        proc = subprocess.Popen([sys.executable, str(script), str(run_dir)])
+        deadline = time.time() + 60
+        out = run_dir / "out.jsonl"
+        target = 40 if not out.exists() else len(out.read_text().splitlines()) + 40
+        while time.time() < deadline:
+            if out.exists() and len(out.read_text().splitlines()) >= target:
+                break
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    proc = subprocess.run([sys.executable, str(script), str(run_dir)], timeout=120)
+    assert proc.returncode == 0
+    ids = [r["id"] for r in _lines(run_dir / "out.jsonl")]
+    assert sorted(ids) == sorted(f"s{i}" for i in range(300))
+    assert all(r["text"] == f"{r['id']}!!" for r in _lines(run_dir / "out.jsonl"))
+    with RunStore(run_dir) as store:
+        assert store.cached_calls == 600
+        assert store.model_calls == 600  # no finished call was made twice
