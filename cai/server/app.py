@@ -1,0 +1,206 @@
+"""The FastAPI app factory: upstream model + constitutional wrapper + judges behind auth,
+limits and metrics."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import FastAPI, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cai.models.base import ChatModel
+from cai.server.auth import KeyStore
+from cai.server.config import ServeConfig
+from cai.server.errors import APIError, error_bytes, install_error_handlers
+from cai.server.metrics import Metrics
+from cai.wrapper import ConstitutionalWrapper
+
+ROUTE_OF_PATH = {
+    "/v1/chat/completions": "chat",
+    "/v1/models": "models",
+    "/v1/judge": "judge",
+    "/v1/reward": "reward",
+    "/metrics": "metrics",
+    "/healthz": "healthz",
+}
+
+
+@dataclass
+class ServerState:
+    config: ServeConfig
+    wrapper: ConstitutionalWrapper
+    keys: KeyStore
+    metrics: Metrics
+    pairwise: Any = None  # judges.PairwiseJudge for /v1/judge
+    pointwise: Any = None  # judges.PointwiseJudge for /v1/judge and /v1/reward
+    in_flight: int = 0
+
+
+def _load_judge(spec: str, options: dict[str, Any]) -> Any:
+    from judges import load_judge  # surfaces may import judges lazily
+
+    return load_judge(spec, **options)
+
+
+def build_wrapper(config: ServeConfig, model: ChatModel | None = None) -> ConstitutionalWrapper:
+    from cai.models import load_model
+
+    upstream = model if model is not None else load_model(config.model.spec, **config.model.options)
+    w = config.wrapper
+    return ConstitutionalWrapper(
+        upstream,
+        w.constitution,
+        mode=w.mode,
+        revisions=w.revisions,
+        judges=[_load_judge(spec, w.judge_options) for spec in w.judges],
+        threshold=w.threshold,
+        refusal=w.refusal,
+        seed=w.seed,
+        few_shot=w.few_shot,
+    )
+
+
+class GuardMiddleware:
+    """Pure ASGI (no per-request task or body copy): request metrics, body-size bound (413)
+    and the in-flight bound (429) for every /v1 route."""
+
+    def __init__(self, app: ASGIApp, state: ServerState):
+        self.app = app
+        self.state = state
+
+    async def _reject(self, send: Send, status: int, message: str, code: str, headers=()) -> None:
+        body = error_bytes(status, message, code)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()), *headers]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state, metrics = self.state, self.state.metrics
+        route = ROUTE_OF_PATH.get(scope["path"], "other")
+        start = time.perf_counter()
+        status_box = [500]
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_box[0] = message["status"]
+            await send(message)
+
+        try:
+            if not scope["path"].startswith("/v1/"):
+                return await self.app(scope, receive, send_status)
+            limit = state.config.limits.max_body_bytes
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > limit:
+                metrics.rejected.labels("body_too_large").inc()
+                status_box[0] = 413
+                return await self._reject(send, 413, f"request body exceeds {limit} bytes", "body_too_large")
+            if state.in_flight >= state.config.limits.max_concurrency:
+                metrics.rejected.labels("overloaded").inc()
+                status_box[0] = 429
+                return await self._reject(send, 429, "server is at its concurrency limit; retry shortly",
+                                          "overloaded", [(b"retry-after", b"1")])
+            state.in_flight += 1
+            metrics.in_flight.inc()
+            try:
+                await self.app(scope, _bounded_receive(receive, limit), send_status)
+            except _BodyTooLarge:
+                metrics.rejected.labels("body_too_large").inc()
+                status_box[0] = 413
+                await self._reject(send, 413, f"request body exceeds {limit} bytes", "body_too_large")
+            finally:
+                state.in_flight -= 1
+                metrics.in_flight.dec()
+        finally:
+            metrics.requests.labels(route, str(status_box[0])).inc()
+            metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _bounded_receive(receive: Receive, limit: int) -> Callable[[], Any]:
+    seen = 0
+
+    async def bounded() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _BodyTooLarge()
+        return message
+
+    return bounded
+
+
+def create_app(
+    config: ServeConfig,
+    *,
+    model: ChatModel | None = None,
+    wrapper: ConstitutionalWrapper | None = None,
+    pairwise: Any = None,
+    pointwise: Any = None,
+) -> FastAPI:
+    """Build the app. ``model``/``wrapper``/judges override what the config would load
+    (for tests and for embedding the app in a Python program)."""
+    from cai.server.routes import router
+
+    j = config.judge
+    state = ServerState(
+        config=config,
+        wrapper=wrapper or build_wrapper(config, model),
+        keys=KeyStore.from_config(config.auth),
+        metrics=Metrics(),
+        pairwise=pairwise if pairwise is not None else (j.pairwise and _load_judge(j.pairwise, j.options)),
+        pointwise=pointwise if pointwise is not None else (j.pointwise and _load_judge(j.pointwise, j.options)),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for judge in (state.pairwise, state.pointwise, *state.wrapper.judges):
+            if judge is not None and hasattr(judge, "aclose"):
+                await judge.aclose()
+        await state.wrapper.aclose()
+
+    app = FastAPI(title="cai serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.cai = state
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(GuardMiddleware, state=state)
+    return app
+
+
+def state_of(request: Request) -> ServerState:
+    return request.app.state.cai
+
+
+def require(route: str) -> Callable[[Request], None]:
+    """Dependency: a bearer key allowed to call ``route`` (401 without/invalid, 403 not allowed)."""
+
+    def check(request: Request) -> None:
+        state = state_of(request)
+        if not state.keys.enabled or (route == "metrics" and state.config.auth.public_metrics):
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            state.metrics.rejected.labels("unauthenticated").inc()
+            raise APIError(401, "missing bearer API key (Authorization: Bearer <key>)", code="invalid_api_key",
+                           headers={"www-authenticate": "Bearer"})
+        routes = state.keys.routes_for(token.strip())
+        if routes is None:
+            state.metrics.rejected.labels("unauthenticated").inc()
+            raise APIError(401, "invalid API key", code="invalid_api_key", headers={"www-authenticate": "Bearer"})
+        if route not in routes:
+            state.metrics.rejected.labels("forbidden").inc()
+            raise APIError(403, f"this API key may not call the {route!r} route", code="forbidden")
+
+    return check

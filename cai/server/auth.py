@@ -1,0 +1,74 @@
+"""Bearer API keys. Keys are held as SHA-256 digests and compared in constant time; a key
+maps to the routes it may call. Keys never appear in logs, errors or metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+
+from cai.server.config import ROUTES, AuthConfig, ConfigError
+
+ALL = frozenset(ROUTES)
+
+
+@dataclass(frozen=True)
+class _Key:
+    digest: bytes
+    routes: frozenset[str]
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def parse_keys(text: str, where: str, sep: str = "\n") -> list[_Key]:
+    """Entries "KEY" (every route) or "KEY route1,route2" ('*' = every route)."""
+    keys = []
+    for lineno, line in enumerate(text.split(sep), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, _, routes_text = line.partition(" ")
+        names = {r.strip() for r in routes_text.replace(" ", ",").split(",") if r.strip()}
+        unknown = names - ALL - {"*"}
+        if unknown:
+            # the key itself is never echoed
+            raise ConfigError(
+                f"{where}:{lineno}: unknown route(s) {sorted(unknown)}; known: {', '.join(ROUTES)}"
+            )
+        keys.append(_Key(_digest(key), ALL if not names or "*" in names else frozenset(names)))
+    return keys
+
+
+class KeyStore:
+    def __init__(self, keys: list[_Key], *, enabled: bool = True):
+        self._keys = keys
+        self.enabled = enabled
+
+    @classmethod
+    def from_config(cls, auth: AuthConfig) -> "KeyStore":
+        keys: list[_Key] = []
+        if auth.keys_file:
+            path = Path(auth.keys_file)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"{path}: cannot read API keys file: {exc.strerror}") from exc
+            keys += parse_keys(text, str(path))
+        if auth.keys:
+            keys += parse_keys(auth.keys, "auth.keys (CAI_SERVE_AUTH__KEYS)", sep=";")
+        if not keys and not auth.allow_unauthenticated:
+            raise ConfigError("no API keys found; set auth.allow_unauthenticated to run without")
+        return cls(keys, enabled=bool(keys))
+
+    def routes_for(self, token: str) -> frozenset[str] | None:
+        """Allowed routes for a presented key, None when it matches no key. Every stored key is
+        compared, so timing does not reveal which (or whether a prefix) matched."""
+        presented = _digest(token)
+        found: frozenset[str] | None = None
+        for key in self._keys:
+            if hmac.compare_digest(presented, key.digest):
+                found = key.routes
+        return found

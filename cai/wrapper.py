@@ -1,0 +1,245 @@
+"""Inference-time constitutional wrapper: a ChatModel that puts a constitution in front of
+another ChatModel.
+
+    wrapped = ConstitutionalWrapper(load_model("embedded"), "harmless")
+    reply = await wrapped.chat([{"role": "user", "content": "How do I pick a lock?"}])
+    reply.text, reply.trace.steps
+
+Modes:
+  ``off``      pass-through: the upstream answer, unchanged (the trace still records timing).
+  ``always``   every answer goes through the critique/revision loop (``cai.revise.revise``).
+  ``on_flag``  a cheap violation judge scores the answer; only flagged answers are revised.
+  ``block``    flagged answers are replaced by ``refusal``.
+
+The critique/revision loop is the engine's ``revise``; this module adds the gating, the
+per-stage timing and token accounting, and the ChatModel interface so wrappers compose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Sequence
+
+from cai.constitution import Constitution, load_constitution
+from cai.models.base import (
+    Capabilities,
+    ChatModel,
+    Completion,
+    GenParams,
+    Message,
+    ModelError,
+    Usage,
+)
+from cai.records import Trace
+
+Mode = Literal["off", "always", "on_flag", "block"]
+MODES: tuple[str, ...] = ("off", "always", "on_flag", "block")
+DEFAULT_REFUSAL = "I can't help with that request."
+
+
+class ViolationScorer(Protocol):
+    """What the wrapper needs from a judge (``judges.ViolationJudge`` fits): an async
+    ``score(prompt, response)`` whose result has ``value`` = p(violation) and ``status``."""
+
+    name: str
+
+    async def score(self, prompt: Sequence[Message], response: str) -> Any: ...
+
+
+class RevisionFailed(ModelError):
+    """The critique/revision loop could not finish; the answer is withheld, not passed through."""
+
+    reason = "revision_failed"
+
+
+@dataclass
+class StageTiming:
+    stage: str  # "initial" | "judge" | "critique" | "revision"
+    seconds: float
+    usage: Usage = field(default_factory=Usage)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "seconds": round(self.seconds, 6), **self.usage.to_dict()}
+
+
+@dataclass
+class WrappedCompletion(Completion):
+    """A Completion whose text is the final answer, with the wrapper's trace attached."""
+
+    trace: Trace | None = None
+
+
+class _CallLog(ChatModel):
+    """Times every call to ``model``. Serves ``prefill`` for the first call: ``revise`` asks
+    for the initial answer first, and the wrapper already has it."""
+
+    def __init__(self, model: ChatModel, prefill: Completion | None = None):
+        self.model = model
+        self.spec = model.spec
+        self.prefill = prefill
+        self.calls: list[tuple[str, float, Usage]] = []  # (last user message, seconds, usage)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.model.capabilities
+
+    async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
+        if self.prefill is not None:
+            out, self.prefill = self.prefill, None
+            return Completion(out.text, out.finish_reason, Usage(), out.logprobs, out.model)
+        start = time.perf_counter()
+        out = await self.model.chat(messages, params)
+        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        self.calls.append((last_user, time.perf_counter() - start, out.usage))
+        return out
+
+
+def _score_value(score: Any) -> float | None:
+    """p(violation) from a judge result; None when the judge could not say."""
+    if isinstance(score, (int, float)):
+        return float(score)
+    if getattr(score, "status", "ok") != "ok":
+        return None
+    value = getattr(score, "value", None)
+    return None if value is None else float(value)
+
+
+class ConstitutionalWrapper(ChatModel):
+    def __init__(
+        self,
+        model: ChatModel,
+        constitution: Constitution | str = "harmless",
+        *,
+        mode: Mode = "always",
+        revisions: int | None = None,
+        judges: Sequence[ViolationScorer] = (),
+        threshold: float = 0.5,
+        refusal: str = DEFAULT_REFUSAL,
+        sampling: str | None = None,
+        seed: int | None = None,
+        few_shot: bool = True,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        if mode in ("on_flag", "block") and not judges:
+            raise ValueError(f"mode {mode!r} needs at least one violation judge (judges=[...])")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1]; got {threshold}")
+        self.model = model
+        self.constitution = load_constitution(constitution)
+        self.mode: Mode = mode
+        self.revisions = revisions
+        self.judges = list(judges)
+        self.threshold = threshold
+        self.refusal = refusal
+        self.sampling = sampling
+        self.seed = seed
+        self.few_shot = few_shot
+        self.spec = f"cai:{self.constitution.name}({model.spec})"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        # log-probs of the upstream's first answer do not describe a revised text
+        return Capabilities(max_context=self.model.capabilities.max_context)
+
+    async def aclose(self) -> None:
+        await self.model.aclose()
+
+    async def chat(
+        self, messages: Sequence[Message], params: GenParams | None = None
+    ) -> WrappedCompletion:
+        log = _CallLog(self.model)
+        initial = await log.chat(messages, params)
+        return await self._apply(list(messages), initial, params, log)
+
+    async def apply(
+        self, messages: Sequence[Message], answer: str | Completion, params: GenParams | None = None
+    ) -> WrappedCompletion:
+        """Run the constitution over an answer produced elsewhere (e.g. a proxy's response)."""
+        initial = answer if isinstance(answer, Completion) else Completion(answer)
+        return await self._apply(list(messages), initial, params, _CallLog(self.model))
+
+    async def _apply(
+        self, prompt: list[Message], initial: Completion, params: GenParams | None, log: _CallLog
+    ) -> WrappedCompletion:
+        stages = [StageTiming("initial", s, u) for _, s, u in log.calls]
+        log.calls.clear()
+        trace = Trace(
+            id="",
+            prompt=prompt,
+            initial=initial.text,
+            final=initial.text,
+            stop_reason="completed",
+            usage=initial.usage,
+            model=self.model.spec,
+            constitution=self.constitution.id,
+            metadata={"mode": self.mode, "action": "passed", "judge": []},
+        )
+        finish = initial.finish_reason
+        flagged = self.mode == "always"
+        if self.judges and self.mode != "off":
+            start = time.perf_counter()
+            results = await asyncio.gather(*(j.score(prompt, initial.text) for j in self.judges))
+            judge_usage = sum((getattr(r, "usage", Usage()) for r in results), Usage())
+            stages.append(StageTiming("judge", time.perf_counter() - start, judge_usage))
+            trace.usage = trace.usage + judge_usage
+            scores = [_score_value(r) for r in results]
+            trace.metadata["judge"] = [
+                {"judge": getattr(j, "name", type(j).__name__), "p_violation": s}
+                for j, s in zip(self.judges, scores)
+            ]
+            # a judge that cannot tell counts as a flag: the wrapper fails closed
+            flagged = flagged or any(s is None or s >= self.threshold for s in scores)
+
+        if flagged and self.mode == "block":
+            trace.final = self.refusal
+            trace.metadata["action"] = "blocked"
+            finish = "stop"
+        elif flagged and self.mode in ("always", "on_flag"):
+            finish = await self._revise(trace, initial, params, log, stages)
+
+        trace.metadata["stages"] = [s.to_dict() for s in stages]
+        return WrappedCompletion(
+            text=trace.final,
+            finish_reason=finish,
+            usage=trace.usage,
+            model=self.spec,
+            trace=trace,
+        )
+
+    async def _revise(
+        self,
+        trace: Trace,
+        initial: Completion,
+        params: GenParams | None,
+        log: _CallLog,
+        stages: list[StageTiming],
+    ) -> str:
+        from cai.revise import revise
+
+        log.prefill = initial
+        revised = await revise(
+            log,
+            trace.prompt,
+            self.constitution,
+            revisions=self.revisions,
+            sampling=self.sampling,
+            seed=self.seed,
+            few_shot=self.few_shot,
+            params=params,
+        )
+        if not revised.ok:
+            raise RevisionFailed(f"critique/revision loop failed: {revised.error}")
+        critique_requests = {s.critique_request for s in revised.steps}
+        for last_user, seconds, usage in log.calls:
+            stage = "critique" if last_user in critique_requests else "revision"
+            stages.append(StageTiming(stage, seconds, usage))
+            trace.usage = trace.usage + usage
+        trace.steps = revised.steps
+        trace.final = revised.final or initial.text
+        trace.stop_reason = revised.stop_reason
+        trace.metadata["action"] = "revised" if revised.revised else "kept"
+        trace.metadata["revise_stop_reason"] = revised.stop_reason
+        return "stop"
