@@ -9,19 +9,33 @@ SCHEMA CONTRACT (other modules rely on these attribute names):
   Constitution.defaults: Defaults(revisions, sampling, seed, stop_phrases)
   Constitution.hash  (stable content hash of the resolved constitution)
   load_constitution(name_or_path) -> Constitution
+
+A YAML file may also say ``extends: PARENT`` (a shipped name, or a path ending in .yaml/.yml
+relative to the file) and ``drop: [names]``. The child inherits everything it does not set:
+its principles and judge principles are appended to the parent's (minus ``drop``), its
+``few_shot`` replaces the parent's, and its ``defaults`` keys override the parent's one by one.
+
+Every problem in a file is reported as ``file:line: field: message`` (ConstitutionError).
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 Sampling = Literal["random", "all", "sequential"]
+# libyaml is ~6x faster; both give line marks and accept only safe_load-level YAML
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+Loc = tuple[Union[str, int], ...]
 
 
 class _Strict(BaseModel):
@@ -76,7 +90,29 @@ class Constitution(_Strict):
     few_shot: list[FewShotExample] = []
     defaults: Defaults = Defaults()
 
-    @property
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        # `version: 2` is natural YAML; keep it as the text "2"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @field_validator("principles", "judge_principles")
+    @classmethod
+    def _unique_names(cls, items: list[Principle] | list[JudgePrinciple]) -> Any:
+        seen: dict[str, int] = {}
+        for index, item in enumerate(items):
+            if item.name in seen:
+                raise PydanticCustomError(
+                    "duplicate_name",
+                    "duplicate name '{name}' (also item {first})",
+                    {"name": item.name, "index": index, "first": seen[item.name]},
+                )
+            seen[item.name] = index
+        return items
+
+    @cached_property
     def hash(self) -> str:
         payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
@@ -85,14 +121,301 @@ class Constitution(_Strict):
     def id(self) -> str:
         return f"{self.name}@{self.version}#{self.hash}"
 
+    def principle(self, name: str) -> Principle:
+        for item in self.principles:
+            if item.name == name:
+                return item
+        raise KeyError(f"constitution {self.name!r} has no principle {name!r}")
+
+
+class _ConstitutionFile(Constitution):
+    """What one YAML file may say: a Constitution plus ``extends``/``drop``; with a parent,
+    principles may be left out."""
+
+    extends: str | None = None
+    drop: list[str] = []
+    principles: list[Principle] = []
+
+
+# ---------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class ConstitutionError(ValueError):
+    """One or more problems in a constitution file, each naming file, line and field."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def _field_path(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "<document>"
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (expected one of: {', '.join(choices)})" if choices else ""
+
+
+class _Source:
+    """A parsed YAML file: its node tree (for line numbers) and its plain data."""
+
+    def __init__(self, file: str, text: str):
+        self.file = file
+        try:
+            self.root = yaml.compose(text, Loader=_Loader)
+            if self.root is not None:
+                self._check_duplicate_keys(self.root, ())
+                self.data = _Loader("").construct_document(self.root)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            message = exc.problem or "invalid YAML"
+            if exc.context:
+                message = f"{message} ({exc.context})"
+            line = mark.line + 1 if mark else None
+            raise ConstitutionError([Problem(file, line, "yaml", message)]) from None
+        except yaml.YAMLError as exc:  # unmarked reader errors, e.g. control characters
+            raise ConstitutionError([Problem(file, None, "yaml", str(exc))]) from None
+        if self.root is None:
+            self.error((), "file is empty; expected a mapping with name and principles")
+        if not isinstance(self.data, dict):
+            self.error((), f"expected a mapping at the top level, got {type(self.data).__name__}")
+
+    def _check_duplicate_keys(self, node: yaml.Node, loc: Loc) -> None:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    line = key.start_mark.line + 1
+                    if key.value in first:
+                        raise ConstitutionError([Problem(
+                            self.file, line, _field_path((*loc, key.value)),
+                            f"duplicate key (first set at line {first[key.value]})",
+                        )])
+                    first[key.value] = line
+                self._check_duplicate_keys(value, (*loc, str(key.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._check_duplicate_keys(item, (*loc, index))
+
+    def line_of(self, loc: Loc) -> int:
+        """Line of the deepest node along ``loc`` (a key's line for a mapping entry)."""
+        node = self.root
+        line = node.start_mark.line + 1
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+                if match is None:
+                    break
+                line, node = match[0].start_mark.line + 1, match[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+    def problem(self, loc: Loc, message: str) -> Problem:
+        return Problem(self.file, self.line_of(loc), _field_path(loc), message)
+
+    def error(self, loc: Loc, message: str) -> None:
+        raise ConstitutionError([self.problem(loc, message)])
+
+    def validation_problems(self, exc: ValidationError, model: type[BaseModel]) -> list[Problem]:
+        problems = []
+        for err in exc.errors():
+            loc: Loc = tuple(err["loc"])
+            kind, given = err["type"], err.get("input")
+            if kind == "missing":
+                message = "required field is missing"
+            elif kind == "extra_forbidden":
+                owner = _model_at(model, loc[:-1])
+                allowed = list(owner.model_fields) if owner else []
+                message = f"unknown field {loc[-1]!r}" + _did_you_mean(str(loc[-1]), allowed)
+            elif kind == "duplicate_name":
+                loc = (*loc, err["ctx"]["index"], "name")
+                message = err["msg"]
+            else:
+                message = err["msg"]
+                if kind.endswith("_type") or kind.endswith("_parsing"):
+                    shown = repr(given) if len(repr(given)) <= 40 else repr(given)[:37] + "..."
+                    message += f" (got {type(given).__name__}: {shown})"
+            problems.append(self.problem(loc, message))
+        return problems
+
+
+def _model_at(model: type[BaseModel], path: Loc) -> type[BaseModel] | None:
+    """The pydantic model that validates the value at ``path`` (list indexes skipped)."""
+    current: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if current else None
+        current = _inner_model(field.annotation) if field else None
+    return current
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _inner_model(arg)
+        if found:
+            return found
+    return None
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _shipped_path(name: str) -> Path | None:
+    from constitutions import HERE
+
+    path = HERE / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def _shipped_names() -> list[str]:
+    from constitutions import names
+
+    return names()
+
+
+def _is_path_like(text: str) -> bool:
+    return text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text
+
+
+def _find(reference: str, relative_to: Path | None = None) -> Path | None:
+    if _is_path_like(reference):
+        path = Path(reference).expanduser()
+        if relative_to is not None and not path.is_absolute():
+            path = relative_to / path
+        return path if path.is_file() else None
+    local = Path(reference)
+    if relative_to is None and local.is_file():
+        return local
+    return _shipped_path(reference)
+
+
+def _not_found_message(reference: str) -> str:
+    if _is_path_like(reference):
+        return f"no such file {reference!r}"
+    return f"no constitution named {reference!r}" + _did_you_mean(reference, _shipped_names())
+
+
+# resolved path -> (fingerprints of every file it was built from, result)
+_cache: dict[Path, tuple[tuple[tuple[Path, int, int], ...], Constitution]] = {}
+
+
+def _fingerprint(path: Path) -> tuple[Path, int, int]:
+    stat = path.stat()
+    return path, stat.st_mtime_ns, stat.st_size
+
+
+def _unchanged(fingerprints: tuple[tuple[Path, int, int], ...]) -> bool:
+    try:
+        return all(_fingerprint(fp[0]) == fp for fp in fingerprints)
+    except OSError:
+        return False
+
+
+def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[Constitution, tuple[Path, ...]]:
+    """Load and resolve one file; returns the constitution and every file it was built from."""
+    path = path.resolve()
+    cached = _cache.get(path)
+    if cached and _unchanged(cached[0]):
+        return cached[1], tuple(p for p, _, _ in cached[0])
+    file = str(path)
+    try:
+        source = _Source(file, path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConstitutionError([Problem(file, None, "", f"cannot read file: {exc}")]) from None
+    try:
+        spec = _ConstitutionFile.model_validate(source.data)
+    except ValidationError as exc:
+        raise ConstitutionError(source.validation_problems(exc, _ConstitutionFile)) from None
+
+    parent, files = None, (path,)
+    if spec.extends is not None:
+        parent_path = _find(spec.extends, relative_to=path.parent)
+        if parent_path is None:
+            source.error(("extends",), _not_found_message(spec.extends))
+        if parent_path.resolve() in (*chain, path):
+            names = " -> ".join(p.name for p in (*chain, path, parent_path.resolve()))
+            source.error(("extends",), f"extends cycle: {names}")
+        parent, parent_files = _load_file(parent_path, (*chain, path))
+        files = (path, *parent_files)
+    elif spec.drop:
+        source.error(("drop",), "drop needs extends: there is no parent to drop principles from")
+
+    constitution = _resolve(spec, parent, source)
+    _cache[path] = (tuple(_fingerprint(p) for p in files), constitution)
+    return constitution, files
+
+
+def _resolve(spec: _ConstitutionFile, parent: Constitution | None, source: _Source) -> Constitution:
+    own = spec.model_fields_set
+    data = spec.model_dump(exclude={"extends", "drop"})
+    if parent is not None:
+        inherited = {n for n in (*(p.name for p in parent.principles),
+                                 *(j.name for j in parent.judge_principles))}
+        for index, name in enumerate(spec.drop):
+            if name not in inherited:
+                source.error(("drop", index), f"{spec.extends!r} has no principle named {name!r}"
+                             + _did_you_mean(name, sorted(inherited)))
+        base = parent.model_dump()
+        for key in ("version", "description", "language", "few_shot"):
+            if key not in own:
+                data[key] = base[key]
+        for key in ("principles", "judge_principles"):
+            kept = [item for item in base[key] if item["name"] not in spec.drop]
+            kept_names = {item["name"] for item in kept}
+            for index, item in enumerate(data[key]):
+                if item["name"] in kept_names:
+                    source.error((key, index, "name"),
+                                 f"{item['name']!r} is already inherited from {spec.extends!r}; "
+                                 f"add it to drop to replace it")
+            data[key] = kept + data[key]
+        data["defaults"] = {**base["defaults"],
+                            **spec.defaults.model_dump(include=spec.defaults.model_fields_set)}
+    try:
+        return Constitution.model_validate(data)
+    except ValidationError as exc:
+        problems = source.validation_problems(exc, Constitution)
+        raise ConstitutionError(problems) from None
+
 
 def load_constitution(name_or_path: str | Path | Constitution) -> Constitution:
+    """Load a shipped constitution by name (``harmless``) or any YAML file by path.
+
+    Raises ConstitutionError (a ValueError) naming file, line and field on bad input.
+    """
     if isinstance(name_or_path, Constitution):
         return name_or_path
-    path = Path(name_or_path)
-    if not path.exists():
-        from constitutions import path_of
+    reference = str(name_or_path)
+    path = Path(name_or_path) if isinstance(name_or_path, Path) else _find(reference)
+    if path is None or not path.is_file():
+        raise ConstitutionError([Problem(reference, None, "", _not_found_message(reference))])
+    return _load_file(path, ())[0]
 
-        path = path_of(str(name_or_path))
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return Constitution.model_validate(data)
+
+def shipped_constitutions() -> list[str]:
+    """Names of the constitutions shipped with cai."""
+    return _shipped_names()
