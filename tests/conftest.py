@@ -1,0 +1,31 @@
+"""Shared fixtures for the whole suite.
+
+- ``embedded_hf_dir``: Path of the exported plain HF folder of the embedded model (made once,
+  cached in ``$CAI_CACHE_DIR`` or ``~/.cache/cai``).
+- ``embedded_model``: the ``embedded`` ChatModel (transformers, micro-batching), one per session.
+- ``vllm_server``: a real vLLM OpenAI-compatible server on loopback serving the embedded model
+  as ``embedded``; ``.base_url`` ("http://127.0.0.1:PORT/v1"), ``.model``, ``.log_path``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def embedded_hf_dir() -> Path:
+    from cai.models.hf import export_embedded
+
+    return export_embedded()
+
+
+@pytest.fixture(scope="session")
+def embedded_model(embedded_hf_dir: Path) -> Iterator["object"]:
+    from cai.models.hf import HFChatModel
+
+    model = HFChatModel(embedded_hf_dir, spec="embedded")
+    yield model
+    model._batcher.close()
