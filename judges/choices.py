@@ -10,9 +10,16 @@ import math
 import re
 from typing import Sequence
 
-from cai.models.base import Completion, TokenLogprob
+from cai.models.base import ChatModel, Completion, TokenLogprob
 
 _STRIP = " \t\n\r()[]*.:'\"`,"
+
+
+def logprob_settings(model: ChatModel, logprobs: bool | None, top_logprobs: int) -> tuple[bool, int]:
+    """Whether a judge reads log-probs (None = when the backend can), and how many alternatives."""
+    caps = model.capabilities
+    use = caps.logprobs if logprobs is None else (logprobs and caps.logprobs)
+    return use, min(top_logprobs, caps.max_top_logprobs or top_logprobs)
 
 
 def token_label(token: str, labels: Sequence[str], *, case_sensitive: bool = True) -> str | None:

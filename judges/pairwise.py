@@ -16,7 +16,7 @@ from typing import Sequence
 from cai.constitution import Constitution, load_constitution
 from cai.models.base import ChatModel, Completion, GenParams, ModelError, Usage
 from judges.base import OrderResult, PairwiseJudge, PairwiseVerdict, Prompt, as_messages, response_text
-from judges.choices import binary_probability, parse_ab
+from judges.choices import logprob_settings, binary_probability, parse_ab
 from judges.prompts import DEFAULT_PAIRWISE_PRINCIPLES, pairwise_messages
 
 DEFAULT_COT_CLAMP = (0.4, 0.6)
@@ -73,9 +73,7 @@ class LLMPairwiseJudge(PairwiseJudge):
             raise ValueError(f"k must be >= 1, got {k}")
         self.k = min(k, len(self.principles))
         self.seed = seed
-        caps = model.capabilities
-        self.logprobs = caps.logprobs if logprobs is None else (logprobs and caps.logprobs)
-        self.top_logprobs = min(top_logprobs, caps.max_top_logprobs or top_logprobs)
+        self.logprobs, self.top_logprobs = logprob_settings(model, logprobs, top_logprobs)
         self.cot = cot
         if clamp_range is False:
             self.clamp_range = None

@@ -12,7 +12,7 @@ import json
 
 from cai.models.base import ChatModel, Completion, GenParams, ModelError, Usage
 from judges.base import PointwiseJudge, Prompt, Score, as_messages, response_text
-from judges.choices import parse_score, score_distribution
+from judges.choices import logprob_settings, parse_score, score_distribution
 from judges.prompts import DEFAULT_RUBRIC, pointwise_messages
 
 
@@ -77,11 +77,9 @@ class RubricJudge(PointwiseJudge):
         if high <= low:
             raise ValueError(f"scale high ({high}) must be above low ({low})")
         self.model, self.rubric, self.low, self.high = model, rubric, low, high
-        caps = model.capabilities
-        self.logprobs = caps.logprobs if logprobs is None else (logprobs and caps.logprobs)
-        self.json_output = (caps.structured_output if json_output is None else json_output) and not self.logprobs
+        self.logprobs, self.top_logprobs = logprob_settings(model, logprobs, top_logprobs)
+        self.json_output = (model.capabilities.structured_output if json_output is None else json_output) and not self.logprobs
         self.retries = retries
-        self.top_logprobs = min(top_logprobs, caps.max_top_logprobs or top_logprobs)
         self.max_tokens = max_tokens
         self.name = f"pointwise:{model.spec}"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from cai.constitution import Principle
 from cai.models.base import ChatModel, Completion, GenParams
 from judges.base import PointwiseJudge, Prompt, Score, as_messages, response_text
-from judges.choices import binary_probability, parse_yes_no
+from judges.choices import logprob_settings, binary_probability, parse_yes_no
 from judges.pointwise import finish, sample_until_parsed
 from judges.prompts import violation_messages
 
@@ -34,10 +34,8 @@ class ViolationJudge(PointwiseJudge):
     ):
         self.model = model
         self.principle = principle.critique if isinstance(principle, Principle) else principle
-        caps = model.capabilities
-        self.logprobs = caps.logprobs if logprobs is None else (logprobs and caps.logprobs)
+        self.logprobs, self.top_logprobs = logprob_settings(model, logprobs, top_logprobs)
         self.retries = retries
-        self.top_logprobs = min(top_logprobs, caps.max_top_logprobs or top_logprobs)
         self.text_max_tokens = text_max_tokens
         self.name = f"violation:{model.spec}"
 
