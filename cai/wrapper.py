@@ -230,16 +230,22 @@ class ConstitutionalWrapper(ChatModel):
             few_shot=self.few_shot,
             params=params,
         )
-        if not revised.ok:
-            raise RevisionFailed(f"critique/revision loop failed: {revised.error}")
+        if not revised.ok and "error_message" in revised.metadata:
+            # the model failed mid-loop: withhold the unrevised answer rather than pass it on
+            raise RevisionFailed(
+                f"critique/revision loop failed ({revised.error}): {revised.metadata['error_message']}"
+            )
         critique_requests = {s.critique_request for s in revised.steps}
         for last_user, seconds, usage in log.calls:
             stage = "critique" if last_user in critique_requests else "revision"
             stages.append(StageTiming(stage, seconds, usage))
             trace.usage = trace.usage + usage
         trace.steps = revised.steps
-        trace.final = revised.final or initial.text
-        trace.stop_reason = revised.stop_reason
-        trace.metadata["action"] = "revised" if revised.revised else "kept"
         trace.metadata["revise_stop_reason"] = revised.stop_reason
+        if revised.ok:
+            trace.final = revised.final
+            trace.metadata["action"] = "revised" if revised.revised else "kept"
+        else:  # e.g. an empty answer: nothing usable came out of the loop, the answer stands
+            trace.metadata["action"] = "kept"
+            trace.metadata["revise_error"] = revised.error
         return "stop"

@@ -39,9 +39,14 @@ class ServerState:
     in_flight: int = 0
 
 
-def _load_judge(spec: str, options: dict[str, Any]) -> Any:
+def _load_judge(spec: str, options: dict[str, Any], upstream: ChatModel | None = None) -> Any:
+    """A judge from its spec; a judge whose model is the upstream's spec shares that model
+    instead of loading a second copy."""
     from judges import load_judge  # surfaces may import judges lazily
 
+    _, _, model_spec = spec.partition(":")
+    if upstream is not None and model_spec and model_spec == upstream.spec:
+        return load_judge(spec, model=upstream, **options)
     return load_judge(spec, **options)
 
 
@@ -55,7 +60,7 @@ def build_wrapper(config: ServeConfig, model: ChatModel | None = None) -> Consti
         w.constitution,
         mode=w.mode,
         revisions=w.revisions,
-        judges=[_load_judge(spec, w.judge_options) for spec in w.judges],
+        judges=[_load_judge(spec, w.judge_options, upstream) for spec in w.judges],
         threshold=w.threshold,
         refusal=w.refusal,
         seed=w.seed,
@@ -153,13 +158,16 @@ def create_app(
     from cai.server.routes import router
 
     j = config.judge
+    keys = KeyStore.from_config(config.auth)  # before loading models: config errors first
+    wrapper = wrapper or build_wrapper(config, model)
+    up = wrapper.model
     state = ServerState(
         config=config,
-        wrapper=wrapper or build_wrapper(config, model),
-        keys=KeyStore.from_config(config.auth),
+        wrapper=wrapper,
+        keys=keys,
         metrics=Metrics(),
-        pairwise=pairwise if pairwise is not None else (j.pairwise and _load_judge(j.pairwise, j.options)),
-        pointwise=pointwise if pointwise is not None else (j.pointwise and _load_judge(j.pointwise, j.options)),
+        pairwise=pairwise if pairwise is not None else (j.pairwise and _load_judge(j.pairwise, j.options, up)),
+        pointwise=pointwise if pointwise is not None else (j.pointwise and _load_judge(j.pointwise, j.options, up)),
     )
 
     @asynccontextmanager
