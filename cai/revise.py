@@ -1,0 +1,258 @@
+"""The critique-revise algorithm (SL-CAI) for one sample.
+
+One conversation grows call by call so that server prefix caches hit::
+
+    [system?] [few-shot turns] prompt turns -> answer
+        + critique request (principle 1) -> critique + revision request -> revision
+        + critique request (principle 2) -> ...
+
+The initial answer is generated from the prompt alone (it is the model's own, unsteered
+answer: the ``rejected`` side of the preference pair); the critique/revision calls see the
+few-shot examples first, which are identical for every sample and so are a shared prefix.
+
+Rules: a critique saying no revision is needed stops the loop and the previous answer stands;
+a revision that is empty, a copy of the critique, the request echoed back, or a stop phrase
+never replaces the current answer (that round is rolled back out of the conversation, so the
+next round critiques the current answer again).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from cai.constitution import Constitution, Principle, Sampling, load_constitution
+from cai.models.base import ChatModel, ContextLengthError, GenParams, Message, ModelError, Usage
+from cai.records import Step, Trace
+
+# always recognised, whatever the constitution lists
+BUILTIN_STOP_PATTERNS = [
+    r"\bno (further |more )?(revisions?|changes?|edits?|critiques?) (is |are )?(needed|necessary|required)\b",
+    r"\b(does not|doesn't|do not|don't) (need|require) (any )?(revisions?|changes?|to be (revised|changed))\b",
+    r"\bnothing (needs to be |to )?(revise|revised|change|changed|fix|fixed)\b",
+    r"\bthere (is|are) no (problems?|issues?) (with|in) (my|the) (last |previous )?(answer|response)\b",
+]
+_LABEL = re.compile(
+    r"^\s*(?:\*\*)?(?:here(?:'s| is) (?:the |my )?)?(?:revised|rewritten|new|improved)?\s*"
+    r"(?:revision|response|answer|rewrite)\s*(?:\*\*)?\s*[:\-]\s*(?:\*\*)?\s*",
+    re.IGNORECASE,
+)
+
+
+def _norm(text: str) -> str:
+    text = text.lower().replace("’", "'")
+    text = re.sub(r"[*_`#>\"]+", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _similar(a: str, b: str, threshold: float) -> bool:
+    a, b = _norm(a), _norm(b)
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return matcher.quick_ratio() >= threshold and matcher.ratio() >= threshold
+
+
+def says_no_revision_needed(text: str, stop_phrases: Sequence[str] = ()) -> bool:
+    """True when a critique (or any text) says the answer needs no revision."""
+    norm = _norm(text)
+    if not norm:
+        return False
+    for phrase in stop_phrases:
+        p = _norm(phrase).rstrip(".!")
+        if p and p in norm:
+            return True
+    return any(re.search(pattern, norm) for pattern in BUILTIN_STOP_PATTERNS)
+
+
+def clean_revision(text: str) -> str:
+    """Strip a leading 'Revision:'-style label and wrapping quotes small models add."""
+    text = _LABEL.sub("", text.strip(), count=1).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+def degenerate_reason(
+    revision: str, *, critique: str, request: str, stop_phrases: Sequence[str] = ()
+) -> str | None:
+    """Why a revision must not replace the current answer, or None when it is usable."""
+    if not _norm(revision):
+        return "empty"
+    if says_no_revision_needed(revision, stop_phrases):
+        return "stop_phrase"
+    if _similar(revision, critique, 0.9):
+        return "copy_of_critique"
+    norm_request = _norm(request)
+    if _similar(revision, request, 0.8) or (len(norm_request) > 20 and norm_request in _norm(revision)):
+        return "request_echoed"
+    return None
+
+
+def pick_principles(
+    constitution: Constitution,
+    sampling: Sampling,
+    revisions: int,
+    *,
+    seed: int,
+    key: str,
+) -> list[Principle]:
+    """The principle for each round. ``all`` applies every principle once (``revisions`` is
+    ignored); ``sequential`` cycles in order; ``random`` draws without replacement until the
+    list is used up, seeded by (seed, key) so each sample gets its own reproducible draw."""
+    principles = list(constitution.principles)
+    if sampling == "all":
+        return principles
+    if sampling == "sequential":
+        return [principles[i % len(principles)] for i in range(revisions)]
+    rng = random.Random(f"{seed}:{key}")
+    order: list[Principle] = []
+    while len(order) < revisions:
+        order += rng.sample(principles, len(principles))
+    return order[:revisions]
+
+
+def normalize_prompt(prompt: str | Sequence[Message]) -> list[Message]:
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    if not messages or messages[-1].get("role") != "user":
+        raise ValueError("a prompt must be a string or a conversation ending with a user turn")
+    for m in messages:
+        if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+            raise ValueError(f"bad message in prompt: {m!r}")
+    return messages
+
+
+def _with_few_shot(prompt: list[Message], constitution: Constitution, few_shot: bool) -> list[Message]:
+    if not few_shot or not constitution.few_shot:
+        return list(prompt)
+    system = [m for m in prompt[:1] if m["role"] == "system"]
+    shots = [m for example in constitution.few_shot for m in example.to_messages()]
+    return [*system, *shots, *prompt[len(system):]]
+
+
+@dataclass
+class _Conversation:
+    model: ChatModel
+    params: GenParams
+    usage: Usage
+
+    def fit(self, messages: list[Message]) -> GenParams:
+        """Params that fit the model context; ContextLengthError when the prompt alone does not."""
+        ctx = self.model.capabilities.max_context
+        n = self.model.count_tokens(messages) if ctx else None
+        if ctx is None or n is None:
+            return self.params
+        if n >= ctx - 1:
+            raise ContextLengthError(f"prompt is {n} tokens; the model's context is {ctx}")
+        if n + self.params.max_tokens > ctx:
+            return self.params.replace(max_tokens=ctx - n)
+        return self.params
+
+    async def say(self, messages: list[Message]) -> str:
+        completion = await self.model.chat(messages, self.fit(messages))
+        self.usage = self.usage + Usage(
+            completion.usage.prompt_tokens, completion.usage.completion_tokens, 1
+        )
+        return completion.text.strip()
+
+
+def _prompt_key(messages: list[Message]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
+
+
+async def revise(
+    model: ChatModel,
+    prompt: str | Sequence[Message],
+    constitution: Constitution | str = "harmless",
+    *,
+    revisions: int | None = None,
+    sampling: Sampling | None = None,
+    seed: int | None = None,
+    few_shot: bool = True,
+    params: GenParams | None = None,
+    sample_id: str | None = None,
+) -> Trace:
+    """Critique and revise one prompt's answer. ``None`` options take the constitution's
+    defaults. Model errors do not raise: the trace comes back with ``stop_reason="failed"``
+    and ``error`` set to the reason (e.g. ``context_length``)."""
+    constitution = load_constitution(constitution)
+    defaults = constitution.defaults
+    revisions = defaults.revisions if revisions is None else revisions
+    sampling = sampling or defaults.sampling
+    seed = defaults.seed if seed is None else seed
+    stop_phrases = defaults.stop_phrases
+    messages = normalize_prompt(prompt)
+    key = sample_id or _prompt_key(messages)
+    trace = Trace(
+        id=key,
+        prompt=messages,
+        model=model.spec,
+        constitution=constitution.id,
+        metadata={"sampling": sampling, "seed": seed, "few_shot": few_shot, "revisions": revisions},
+    )
+    conv = _Conversation(model, params or GenParams(), Usage())
+    try:
+        trace.initial = await conv.say(messages)
+    except ModelError as exc:
+        trace.stop_reason, trace.error = "failed", exc.reason
+        trace.metadata["error_message"] = str(exc)
+        trace.usage = conv.usage
+        return trace
+
+    current = trace.initial
+    history = [*_with_few_shot(messages, constitution, few_shot), {"role": "assistant", "content": current}]
+    trace.stop_reason = "completed"
+    for principle in pick_principles(constitution, sampling, revisions, seed=seed, key=key):
+        step = Step(principle=principle.name, critique_request=principle.critique, critique="")
+        try:
+            ask = [*history, {"role": "user", "content": principle.critique}]
+            step.critique = await conv.say(ask)
+            if says_no_revision_needed(step.critique, stop_phrases):
+                step.note = "no_revision_needed"
+                trace.steps.append(step)
+                trace.stop_reason = "early_stop"
+                break
+            step.revision_request = principle.revision
+            ask = [
+                *ask,
+                {"role": "assistant", "content": step.critique},
+                {"role": "user", "content": principle.revision},
+            ]
+            step.revision = clean_revision(await conv.say(ask))
+        except ContextLengthError:
+            trace.steps.append(step)
+            step.note = "context_full"
+            trace.stop_reason = "context_full"
+            break
+        except ModelError as exc:
+            trace.stop_reason, trace.error = "failed", exc.reason
+            trace.metadata["error_message"] = str(exc)
+            trace.steps.append(step)
+            break
+        bad = degenerate_reason(
+            step.revision, critique=step.critique, request=principle.revision, stop_phrases=stop_phrases
+        )
+        if bad:
+            step.note = f"degenerate:{bad}"  # roll back: the next round critiques `current` again
+        else:
+            step.accepted = step.revision != current
+            step.note = "" if step.accepted else "unchanged"
+            current = step.revision
+            history = [*ask, {"role": "assistant", "content": current}]
+        trace.steps.append(step)
+
+    trace.usage = conv.usage
+    if trace.stop_reason != "failed":
+        trace.final = current
+        if not _norm(current):
+            trace.stop_reason, trace.error = "failed", "empty_answer"
+        elif says_no_revision_needed(current, stop_phrases):
+            trace.stop_reason, trace.error = "failed", "stop_phrase_answer"
+    return trace
