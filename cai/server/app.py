@@ -90,8 +90,11 @@ class GuardMiddleware:
         route = ROUTE_OF_PATH.get(scope["path"], "other")
         start = time.perf_counter()
         status_box = [500]
+        too_large = [False]
 
         async def send_status(message: Message) -> None:
+            if too_large[0]:
+                return  # the app's answer to a body we cut off; the 413 below replaces it
             if message["type"] == "http.response.start":
                 status_box[0] = message["status"]
             await send(message)
@@ -113,14 +116,16 @@ class GuardMiddleware:
             state.in_flight += 1
             metrics.in_flight.inc()
             try:
-                await self.app(scope, _bounded_receive(receive, limit), send_status)
+                await self.app(scope, _bounded_receive(receive, limit, too_large), send_status)
             except _BodyTooLarge:
-                metrics.rejected.labels("body_too_large").inc()
-                status_box[0] = 413
-                await self._reject(send, 413, f"request body exceeds {limit} bytes", "body_too_large")
+                pass
             finally:
                 state.in_flight -= 1
                 metrics.in_flight.dec()
+            if too_large[0]:
+                metrics.rejected.labels("body_too_large").inc()
+                status_box[0] = 413
+                await self._reject(send, 413, f"request body exceeds {limit} bytes", "body_too_large")
         finally:
             metrics.requests.labels(route, str(status_box[0])).inc()
             metrics.latency.labels(route).observe(time.perf_counter() - start)
@@ -130,7 +135,8 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def _bounded_receive(receive: Receive, limit: int) -> Callable[[], Any]:
+def _bounded_receive(receive: Receive, limit: int, flag: list[bool]) -> Callable[[], Any]:
+    """Counts body bytes as they arrive (chunked bodies have no Content-Length)."""
     seen = 0
 
     async def bounded() -> Message:
@@ -139,6 +145,7 @@ def _bounded_receive(receive: Receive, limit: int) -> Callable[[], Any]:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
+                flag[0] = True
                 raise _BodyTooLarge()
         return message
 
