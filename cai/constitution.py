@@ -20,22 +20,18 @@ Every problem in a file is reported as ``file:line: field: message`` (Constituti
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Union, get_args
+from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from cai.yamlfile import InputFileError, Problem, YamlFile, did_you_mean
+
 Sampling = Literal["random", "all", "sequential"]
-# libyaml is ~6x faster; both give line marks and accept only safe_load-level YAML
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-Loc = tuple[Union[str, int], ...]
 
 
 class _Strict(BaseModel):
@@ -128,6 +124,11 @@ class Constitution(_Strict):
         raise KeyError(f"constitution {self.name!r} has no principle {name!r}")
 
 
+class ConstitutionError(InputFileError):
+    """One or more problems in a constitution file, each naming file, line and field
+    (``.problems``: list of Problem(file, line, field, message))."""
+
+
 class _ConstitutionFile(Constitution):
     """What one YAML file may say: a Constitution plus ``extends``/``drop``; with a parent,
     principles may be left out."""
@@ -135,151 +136,6 @@ class _ConstitutionFile(Constitution):
     extends: str | None = None
     drop: list[str] = []
     principles: list[Principle] = []
-
-
-# ---------------------------------------------------------------- errors
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    line: int | None
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-
-
-class ConstitutionError(ValueError):
-    """One or more problems in a constitution file, each naming file, line and field."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
-
-
-def _field_path(loc: Loc) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "<document>"
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if close:
-        return f" (did you mean {close[0]!r}?)"
-    return f" (expected one of: {', '.join(choices)})" if choices else ""
-
-
-class _Source:
-    """A parsed YAML file: its node tree (for line numbers) and its plain data."""
-
-    def __init__(self, file: str, text: str):
-        self.file = file
-        try:
-            self.root = yaml.compose(text, Loader=_Loader)
-            if self.root is not None:
-                self._check_duplicate_keys(self.root, ())
-                self.data = _Loader("").construct_document(self.root)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            message = exc.problem or "invalid YAML"
-            if exc.context:
-                message = f"{message} ({exc.context})"
-            line = mark.line + 1 if mark else None
-            raise ConstitutionError([Problem(file, line, "yaml", message)]) from None
-        except yaml.YAMLError as exc:  # unmarked reader errors, e.g. control characters
-            raise ConstitutionError([Problem(file, None, "yaml", str(exc))]) from None
-        if self.root is None:
-            self.error((), "file is empty; expected a mapping with name and principles")
-        if not isinstance(self.data, dict):
-            self.error((), f"expected a mapping at the top level, got {type(self.data).__name__}")
-
-    def _check_duplicate_keys(self, node: yaml.Node, loc: Loc) -> None:
-        if isinstance(node, yaml.MappingNode):
-            first: dict[str, int] = {}
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
-                    line = key.start_mark.line + 1
-                    if key.value in first:
-                        raise ConstitutionError([Problem(
-                            self.file, line, _field_path((*loc, key.value)),
-                            f"duplicate key (first set at line {first[key.value]})",
-                        )])
-                    first[key.value] = line
-                self._check_duplicate_keys(value, (*loc, str(key.value)))
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                self._check_duplicate_keys(item, (*loc, index))
-
-    def line_of(self, loc: Loc) -> int:
-        """Line of the deepest node along ``loc`` (a key's line for a mapping entry)."""
-        node = self.root
-        line = node.start_mark.line + 1
-        for part in loc:
-            if isinstance(node, yaml.MappingNode):
-                match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
-                if match is None:
-                    break
-                line, node = match[0].start_mark.line + 1, match[1]
-            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-                node = node.value[part]
-                line = node.start_mark.line + 1
-            else:
-                break
-        return line
-
-    def problem(self, loc: Loc, message: str) -> Problem:
-        return Problem(self.file, self.line_of(loc), _field_path(loc), message)
-
-    def error(self, loc: Loc, message: str) -> None:
-        raise ConstitutionError([self.problem(loc, message)])
-
-    def validation_problems(self, exc: ValidationError, model: type[BaseModel]) -> list[Problem]:
-        problems = []
-        for err in exc.errors():
-            loc: Loc = tuple(err["loc"])
-            kind, given = err["type"], err.get("input")
-            if kind == "missing":
-                message = "required field is missing"
-            elif kind == "extra_forbidden":
-                owner = _model_at(model, loc[:-1])
-                allowed = list(owner.model_fields) if owner else []
-                message = f"unknown field {loc[-1]!r}" + _did_you_mean(str(loc[-1]), allowed)
-            elif kind == "duplicate_name":
-                loc = (*loc, err["ctx"]["index"], "name")
-                message = err["msg"]
-            else:
-                message = err["msg"]
-                if kind.endswith("_type") or kind.endswith("_parsing"):
-                    shown = repr(given) if len(repr(given)) <= 40 else repr(given)[:37] + "..."
-                    message += f" (got {type(given).__name__}: {shown})"
-            problems.append(self.problem(loc, message))
-        return problems
-
-
-def _model_at(model: type[BaseModel], path: Loc) -> type[BaseModel] | None:
-    """The pydantic model that validates the value at ``path`` (list indexes skipped)."""
-    current: Any = model
-    for part in path:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(part) if current else None
-        current = _inner_model(field.annotation) if field else None
-    return current
-
-
-def _inner_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _inner_model(arg)
-        if found:
-            return found
-    return None
 
 
 # ---------------------------------------------------------------- loading
@@ -317,7 +173,7 @@ def _find(reference: str, relative_to: Path | None = None) -> Path | None:
 def _not_found_message(reference: str) -> str:
     if _is_path_like(reference):
         return f"no such file {reference!r}"
-    return f"no constitution named {reference!r}" + _did_you_mean(reference, _shipped_names())
+    return f"no constitution named {reference!r}" + did_you_mean(reference, _shipped_names())
 
 
 # resolved path -> (fingerprints of every file it was built from, result)
@@ -344,7 +200,8 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[Constitution, tuple
         return cached[1], tuple(p for p, _, _ in cached[0])
     file = str(path)
     try:
-        source = _Source(file, path.read_text(encoding="utf-8"))
+        source = YamlFile(file, path.read_text(encoding="utf-8"), ConstitutionError,
+                          expect="a mapping with name and principles")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConstitutionError([Problem(file, None, "", f"cannot read file: {exc}")]) from None
     try:
@@ -370,16 +227,15 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[Constitution, tuple
     return constitution, files
 
 
-def _resolve(spec: _ConstitutionFile, parent: Constitution | None, source: _Source) -> Constitution:
+def _resolve(spec: _ConstitutionFile, parent: Constitution | None, source: YamlFile) -> Constitution:
     own = spec.model_fields_set
     data = spec.model_dump(exclude={"extends", "drop"})
     if parent is not None:
-        inherited = {n for n in (*(p.name for p in parent.principles),
-                                 *(j.name for j in parent.judge_principles))}
+        inherited = {p.name for p in parent.principles} | {j.name for j in parent.judge_principles}
         for index, name in enumerate(spec.drop):
             if name not in inherited:
                 source.error(("drop", index), f"{spec.extends!r} has no principle named {name!r}"
-                             + _did_you_mean(name, sorted(inherited)))
+                             + did_you_mean(name, sorted(inherited)))
         base = parent.model_dump()
         for key in ("version", "description", "language", "few_shot"):
             if key not in own:
@@ -410,8 +266,8 @@ def load_constitution(name_or_path: str | Path | Constitution) -> Constitution:
     if isinstance(name_or_path, Constitution):
         return name_or_path
     reference = str(name_or_path)
-    path = Path(name_or_path) if isinstance(name_or_path, Path) else _find(reference)
-    if path is None or not path.is_file():
+    path = _find(reference)
+    if path is None:
         raise ConstitutionError([Problem(reference, None, "", _not_found_message(reference))])
     return _load_file(path, ())[0]
 

@@ -21,7 +21,8 @@ def _console():
 def _as_yaml(constitution: Constitution) -> str:
     import yaml
 
-    return yaml.safe_dump(constitution.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=100)
+    data = constitution.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 
 
 @constitutions_app.command("list")
@@ -49,7 +50,8 @@ def list_() -> None:
 def show(
     name: str = typer.Argument(..., help="Shipped name (e.g. harmless) or path to a YAML file."),
     format: Literal["rich", "yaml", "json"] = typer.Option(
-        "rich", "--format", "-f", help="rich: tables; yaml/json: the resolved constitution (extends applied)."),
+        "rich", "--format", "-f",
+        help="rich: tables; yaml/json: the resolved constitution (extends applied)."),
 ) -> None:
     """Show one constitution, with `extends` resolved."""
     try:
