@@ -443,3 +443,11 @@ def test_hash_is_stable_across_processes():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True).stdout.split()
     assert out == [load_constitution(n).hash for n in SHIPPED]
+
+
+def test_readme_example_loads(tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("<!-- section: constitutions -->")[1].split("<!-- /section: constitutions -->")[0]
+    example = section.split("```yaml\n")[1].split("```")[0]
+    c = load_constitution(write(tmp_path, example, "readme.yaml"))
+    assert c.principle("toxic").tags == ["toxicity"] and c.defaults.revisions == 2
