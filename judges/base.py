@@ -158,6 +158,7 @@ class PointwiseJudge(ABC):
     (``ViolationJudge`` scores p(violation))."""
 
     name: str = "pointwise"
+    higher_is_better: bool = True
 
     @abstractmethod
     async def score(self, prompt: Prompt, response: str) -> Score: ...

@@ -17,22 +17,24 @@ from typing import Any, Callable
 
 from cai.models.base import ChatModel
 from cai.models.registry import load_model
+from cai.store import CachedModel, RunStore
 from judges.base import PairwiseJudge, PointwiseJudge
 
 ENTRY_POINT_GROUP = "cai.judges"
 KINDS = ("pairwise", "pointwise", "violation", "rm", "rules")
+LLM_KINDS = ("pairwise", "pointwise", "violation")
 
 
 class JudgeSpecError(ValueError):
     pass
 
 
-def _model(rest: str, model: ChatModel | None, model_options: dict[str, Any] | None) -> ChatModel:
-    if model is not None:
-        return model
-    if not rest:
-        raise JudgeSpecError("judge spec needs a model, e.g. 'pairwise:embedded' or 'pairwise:openai:MODEL'")
-    return load_model(rest, **(model_options or {}))
+def _model(rest: str, model: ChatModel | None, model_options: dict[str, Any] | None, store: RunStore | None) -> ChatModel:
+    if model is None:
+        if not rest:
+            raise JudgeSpecError("judge spec needs a model, e.g. 'pairwise:embedded' or 'pairwise:openai:MODEL'")
+        model = load_model(rest, **(model_options or {}))
+    return CachedModel(model, store) if store is not None else model
 
 
 def _rules(rest: str, **options: Any) -> PointwiseJudge:
@@ -63,12 +65,14 @@ def load_judge(
     *,
     model: ChatModel | None = None,
     model_options: dict[str, Any] | None = None,
+    store: RunStore | None = None,
     **options: Any,
 ) -> PairwiseJudge | PointwiseJudge:
     """Build a judge from a spec string (a judge passes through unchanged).
 
     ``model`` overrides the model part of the spec; ``model_options`` go to ``load_model``
-    (e.g. base_url, api_key); other options go to the judge class.
+    (e.g. base_url, api_key); with ``store`` the judge's model calls are cached in that run
+    store (a rerun or resume repeats no finished call); other options go to the judge class.
     """
     if isinstance(spec, (PairwiseJudge, PointwiseJudge)):
         return spec
@@ -80,15 +84,15 @@ def load_judge(
     if kind == "pairwise":
         from judges.pairwise import LLMPairwiseJudge
 
-        return LLMPairwiseJudge(_model(rest, model, model_options), **options)
+        return LLMPairwiseJudge(_model(rest, model, model_options, store), **options)
     if kind == "pointwise":
         from judges.pointwise import RubricJudge
 
-        return RubricJudge(_model(rest, model, model_options), **options)
+        return RubricJudge(_model(rest, model, model_options, store), **options)
     if kind == "violation":
         from judges.violation import ViolationJudge
 
-        return ViolationJudge(_model(rest, model, model_options), **options)
+        return ViolationJudge(_model(rest, model, model_options, store), **options)
     if kind == "rm":
         from judges.reward_model import RewardModelJudge
 

@@ -22,6 +22,8 @@ class ViolationJudge(PointwiseJudge):
     ``principle`` is a text, or a constitution ``Principle`` (its critique request is used).
     """
 
+    higher_is_better = False
+
     def __init__(
         self,
         model: ChatModel,

@@ -1,0 +1,137 @@
+"""`cai label INPUT --out DIR --judge SPEC` and `cai eval judge --data FILE --judge SPEC`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+eval_app = typer.Typer(help="Evaluate judges.", no_args_is_help=True)
+
+JUDGE_HELP = "Judge spec: pairwise:MODEL, pointwise:MODEL, violation:MODEL, rm:PATH, rules:refusal, ..."
+
+
+def _model_options(base_url: str | None, api_key: str | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if base_url:
+        options["base_url"] = base_url
+    key = api_key or os.environ.get("CAI_API_KEY")
+    if key:
+        options["api_key"] = key
+    return options
+
+
+def _judge_options(spec: str, constitution: str | None, k: int, cot: bool, seed: int) -> dict[str, Any]:
+    if not spec.startswith("pairwise:"):
+        return {}
+    options: dict[str, Any] = {"k": k, "seed": seed}
+    if constitution:
+        from cai.constitution import load_constitution
+
+        options["principles"] = [p.question for p in load_constitution(constitution).judge_principles] or None
+    if cot:
+        options["cot"] = True
+    return options
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def label_command(
+    input: Path = typer.Argument(..., help="JSONL/JSON/CSV/Parquet: prompt + chosen/rejected, prompt + responses, or prompts alone."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable: rerun the same command)."),
+    judge: str = typer.Option(..., "--judge", "-j", help=JUDGE_HELP),
+    samples: int = typer.Option(0, "--samples", "-n", help="Responses to sample per prompt from --policy."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Policy model spec for --samples."),
+    temperature: float = typer.Option(1.0, help="Policy sampling temperature."),
+    max_tokens: int = typer.Option(256, help="Policy response length limit."),
+    constitution: Optional[str] = typer.Option(None, help="Take comparison principles from this constitution."),
+    k: int = typer.Option(1, "--k", help="Principles sampled per pair (pairwise judges; averaged)."),
+    cot: bool = typer.Option(False, "--cot", help="Chain-of-thought judging (probabilities clamped to 0.4-0.6)."),
+    seed: int = typer.Option(0, help="Seed for principle sampling."),
+    keep_inconsistent: bool = typer.Option(False, "--keep-inconsistent", help="Keep pairs whose two orders disagree (low margin) in preferences.jsonl."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N records."),
+    concurrency: int = typer.Option(16, help="Samples in flight."),
+    base_url: Optional[str] = typer.Option(None, help="base_url for openai: model specs."),
+    api_key: Optional[str] = typer.Option(None, help="API key (default: $CAI_API_KEY)."),
+    on_bad_line: str = typer.Option("abort", help="abort | skip bad input records."),
+    new_run: bool = typer.Option(False, "--new-run", help="Move an existing run in --out aside and start over."),
+) -> None:
+    """Label prompts with candidate responses into a TRL preference dataset (RLAIF)."""
+    from cai.inputs import InputError
+    from cai.models.base import GenParams
+    from cai.store import ConfigMismatchError
+    from judges.data import read_candidate_sets
+    from judges.label import LabelConfig, label
+
+    try:
+        sets, skipped = read_candidate_sets(input, limit=limit, on_bad_line=on_bad_line)
+        for message in skipped:
+            typer.echo(f"skipped {message}", err=True)
+        config = LabelConfig(
+            judge=judge,
+            judge_options=_judge_options(judge, constitution, k, cot, seed),
+            policy=policy,
+            samples=samples,
+            sample_params=GenParams(max_tokens=max_tokens, temperature=temperature),
+            keep_inconsistent=keep_inconsistent,
+        )
+        summary = asyncio.run(label(sets, out, config, concurrency=concurrency,
+                                    model_options=_model_options(base_url, api_key), new_run=new_run))
+    except (InputError, ConfigMismatchError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {out / 'preferences.jsonl'} and {out / 'labels.jsonl'}", err=True)
+    if summary.n_failed:
+        typer.echo(f"{summary.n_failed} samples failed; rerun the same command to retry them", err=True)
+        raise typer.Exit(1)
+
+
+@eval_app.command("judge")
+def eval_judge(
+    data: Path = typer.Option(..., "--data", "-d", help="chosen/rejected pairs (e.g. hh-rlhf JSONL)."),
+    judge: str = typer.Option(..., "--judge", "-j", help="Pairwise judge spec, e.g. pairwise:embedded."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N pairs."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here ('-' = stdout)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory for resume and call cache (default: in memory)."),
+    constitution: Optional[str] = typer.Option(None, help="Take comparison principles from this constitution."),
+    k: int = typer.Option(1, "--k", help="Principles sampled per pair."),
+    cot: bool = typer.Option(False, "--cot", help="Chain-of-thought judging."),
+    seed: int = typer.Option(0, help="Seed for principle sampling."),
+    concurrency: int = typer.Option(16, help="Pairs in flight."),
+    base_url: Optional[str] = typer.Option(None, help="base_url for openai: model specs."),
+    api_key: Optional[str] = typer.Option(None, help="API key (default: $CAI_API_KEY)."),
+) -> None:
+    """Agreement of a pairwise judge with human labels, position consistency, ties, calibration."""
+    from rich.console import Console
+
+    from cai.inputs import InputError
+    from cai.store import ConfigMismatchError
+    from judges.data import read_candidate_sets
+    from judges.evaluate import evaluate_judge
+
+    try:
+        pairs, _ = read_candidate_sets(data, limit=limit)
+        report = asyncio.run(evaluate_judge(
+            pairs, judge, data=str(data), out=out, judge_options=_judge_options(judge, constitution, k, cot, seed),
+            model_options=_model_options(base_url, api_key), concurrency=concurrency,
+        ))
+    except (InputError, ConfigMismatchError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    Console(stderr=json_out is not None and str(json_out) == "-").print(report.table())
+    if json_out is not None:
+        text = json.dumps(report.to_dict(), indent=2)
+        if str(json_out) == "-":
+            typer.echo(text)
+        else:
+            json_out.write_text(text + "\n", encoding="utf-8")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("label")(label_command)
+    app.add_typer(eval_app, name="eval")
