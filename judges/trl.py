@@ -6,7 +6,8 @@
     reward = reward_function(load_judge("pointwise:openai:my-judge", model_options={...}))
     trainer = GRPOTrainer(model=..., reward_funcs=[reward], ...)
 
-A pointwise judge's reward is its score; a pairwise judge compares each completion with the
+A pointwise judge's reward is its score (negated for judges where lower is better,
+such as ``ViolationJudge``); a pairwise judge compares each completion with the
 dataset's reference column (``reference_key``) and the reward is p(completion better), or
 ``2p - 1`` with ``centered=True``. Rewards the judge could not produce are ``None`` (TRL
 ignores them for that function). Prompts and completions may be plain text or conversational.
@@ -39,7 +40,8 @@ class JudgeReward:
         texts = [response_text(c) for c in completions]
         if isinstance(self.judge, PointwiseJudge):
             scores = await self.judge.score_many(list(zip(prompts, texts)), concurrency=self.concurrency)
-            return [s.value if s.ok else None for s in scores]
+            sign = 1.0 if self.judge.higher_is_better else -1.0  # e.g. ViolationJudge: less violation = more reward
+            return [sign * s.value if s.ok else None for s in scores]
         references = kwargs.get(self.reference_key)
         if references is None:
             raise ValueError(
