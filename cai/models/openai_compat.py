@@ -1,0 +1,146 @@
+"""The OpenAI chat-completions wire format, shared by the openai and litellm backends:
+request arguments from GenParams, Completion from a response, and typed errors from the
+openai SDK's exceptions (LiteLLM's exceptions subclass them)."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from typing import Any, Sequence
+
+import openai
+
+from cai.models.base import (
+    Completion,
+    ContextLengthError,
+    GenParams,
+    Message,
+    ModelError,
+    PermanentModelError,
+    TokenLogprob,
+    TransientModelError,
+    Usage,
+)
+
+_CONTEXT_PATTERNS = re.compile(
+    r"context length|context_length|context window|maximum context|too many tokens|prompt is too long"
+    r"|input is too long|reduce the length",
+    re.IGNORECASE,
+)
+
+
+def request_kwargs(messages: Sequence[Message], params: GenParams) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "messages": [dict(m) for m in messages],
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+    }
+    if params.stop:
+        kwargs["stop"] = list(params.stop)
+    if params.seed is not None:
+        kwargs["seed"] = params.seed
+    if params.logprobs:
+        kwargs["logprobs"] = True
+        if params.top_logprobs:
+            kwargs["top_logprobs"] = params.top_logprobs
+    if params.json_schema:
+        kwargs["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "response", "schema": json.loads(params.json_schema), "strict": True},
+        }
+    return kwargs
+
+
+def estimate_tokens(messages: Sequence[Message], params: GenParams) -> int:
+    """Rough token cost for tokens/min limiting (4 chars per token plus the completion budget)."""
+    return sum(len(m.get("content") or "") for m in messages) // 4 + len(messages) * 4 + params.max_tokens
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _logprobs(choice: Any) -> list[TokenLogprob] | None:
+    content = _get(_get(choice, "logprobs"), "content")
+    if content is None:
+        return None
+    return [
+        TokenLogprob(
+            token=_get(item, "token"),
+            logprob=float(_get(item, "logprob")),
+            top={_get(alt, "token"): float(_get(alt, "logprob")) for alt in (_get(item, "top_logprobs") or [])},
+        )
+        for item in content
+    ]
+
+
+def parse_completion(response: Any, *, model: str, want_logprobs: bool) -> Completion:
+    choices = _get(response, "choices") or []
+    if not choices:
+        raise TransientModelError("response has no choices", reason="bad_response")
+    choice = choices[0]
+    text = _get(_get(choice, "message"), "content") or ""
+    finish = _get(choice, "finish_reason")
+    usage = _get(response, "usage")
+    return Completion(
+        text=text,
+        finish_reason="length" if finish == "length" else "error" if finish == "content_filter" else "stop",
+        usage=Usage(int(_get(usage, "prompt_tokens", 0) or 0), int(_get(usage, "completion_tokens", 0) or 0), 1),
+        logprobs=_logprobs(choice) if want_logprobs else None,
+        model=model,
+    )
+
+
+def _retry_after(exc: Any) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def map_error(exc: BaseException) -> ModelError:
+    """Typed cai error for an openai (or LiteLLM) SDK exception; unknown errors are permanent."""
+    if isinstance(exc, ModelError):
+        return exc
+    message = str(exc)
+    if isinstance(exc, openai.APITimeoutError):
+        return TransientModelError(f"request timed out: {message}", reason="timeout")
+    if isinstance(exc, openai.APIConnectionError):
+        return TransientModelError(f"connection failed: {message}", reason="connection")
+    if isinstance(exc, openai.APIResponseValidationError) or isinstance(exc, json.JSONDecodeError):
+        return TransientModelError(f"malformed response: {message}", reason="bad_response")
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, openai.RateLimitError) or status == 429:
+        return TransientModelError(f"rate limited: {message}", reason="rate_limit", retry_after=_retry_after(exc))
+    if status is not None and (status >= 500 or status in (408, 409)):
+        return TransientModelError(f"server error {status}: {message}", reason="server_error",
+                                   retry_after=_retry_after(exc))
+    if status in (400, 413, 422) or isinstance(exc, openai.BadRequestError):
+        if _CONTEXT_PATTERNS.search(message) or "ContextWindowExceeded" in type(exc).__name__:
+            return ContextLengthError(message)
+        return PermanentModelError(f"bad request: {message}", reason="bad_request")
+    if status in (401, 403):
+        return PermanentModelError(f"not authorized: {message}", reason="auth")
+    if status == 404:
+        return PermanentModelError(f"not found: {message}", reason="not_found")
+    if type(exc).__name__ in ("ServiceUnavailableError", "APIError") and status is None:
+        return TransientModelError(message, reason="server_error")
+    return PermanentModelError(f"{type(exc).__name__}: {message}", reason="error")
