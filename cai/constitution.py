@@ -20,6 +20,7 @@ Every problem in a file is reported as ``file:line: field: message`` (Constituti
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 from functools import cached_property
@@ -89,8 +90,8 @@ class Constitution(_Strict):
     @field_validator("version", mode="before")
     @classmethod
     def _version_as_text(cls, value: Any) -> Any:
-        # `version: 2` is natural YAML; keep it as the text "2"
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # `version: 2` or `version: 2025-01-31` is natural YAML; keep it as text
+        if isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
             return str(value)
         return value
 

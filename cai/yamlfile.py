@@ -79,7 +79,10 @@ class YamlFile:
                 message = f"{message} ({exc.context})"
             line = mark.line + 1 if mark else None
             raise self.exc_type([Problem(file, line, "yaml", message)]) from None
-        except yaml.YAMLError as exc:  # unmarked reader errors, e.g. control characters
+        except yaml.reader.ReaderError as exc:  # e.g. control characters: a position, no mark
+            line = text.count("\n", 0, exc.position) + 1
+            raise self.exc_type([Problem(file, line, "yaml", f"unacceptable character: {exc.reason}")]) from None
+        except yaml.YAMLError as exc:
             raise self.exc_type([Problem(file, None, "yaml", str(exc))]) from None
         if self.root is None:
             self.error((), f"file is empty; expected {expect}")

@@ -218,6 +218,14 @@ MALFORMED = [
             critique: c
             revision: r
         """, 4, "principles[0].name", "add it to drop"),
+    ("control-character", "name: x\nprinciples: []\ndescription: bell\x07\n", 3, "yaml",
+     "control characters are not allowed"),
+    ("null-principle", """\
+        name: x
+        principles:
+          -
+          - {name: a, critique: c, revision: r}
+        """, 3, "principles[0]", "valid dictionary"),
     ("self-extends", """\
         name: x
         extends: c.yaml
