@@ -178,3 +178,22 @@ def test_block_mode_with_a_configured_judge_and_metrics():
         assert r["cai_trace"]["initial"].startswith("Strip the ignition")
         metrics = httpx.get(s.url + "/metrics").text
         assert "cai_blocks_total 1.0" in metrics and 'cai_stage_seconds_count{stage="judge"} 1.0' in metrics
+
+
+def test_openai_upstream_errors_map_to_502_and_400():
+    """A real HTTP upstream (the stub OpenAI server) through the openai: backend."""
+    from cai.models import load_model
+    from tests.stub_openai_server import StubOpenAIServer
+
+    with StubOpenAIServer(reply="Fine.") as stub:
+        upstream = load_model("openai:stub", base_url=stub.base_url, api_key="x", max_retries=0)
+        with serve(upstream) as s:
+            url = s.base_url + "/chat/completions"
+            client = openai.OpenAI(base_url=s.base_url, api_key="sk-all", max_retries=0)
+            assert client.chat.completions.create(model="cai", messages=CHAT["messages"]).choices[0] \
+                .message.content == "Fine."
+            stub.inject("500", "drop", "context")
+            assert_openai_error(httpx.post(url, json=CHAT, headers=ALL), 502, "upstream_error")
+            assert_openai_error(httpx.post(url, json=CHAT, headers=ALL), 502, "upstream_error")
+            assert_openai_error(httpx.post(url, json=CHAT, headers=ALL), 400, "context_length_exceeded")
+            assert httpx.post(url, json=CHAT, headers=ALL).status_code == 200

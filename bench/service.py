@@ -1,0 +1,179 @@
+"""Benchmark `cai serve`.
+
+1. Proxy overhead: p50/p95 latency of the same chat requests sent straight to an instant
+   OpenAI-compatible upstream (tests/stub_openai_server.py) and through `cai serve` (loop
+   off, auth on) in front of it. Requests alternate between the two paths so load drift hits
+   both equally. Target: p50 overhead <= 5 ms.
+2. Full loop with the embedded model: per-stage latency (initial, critique, revision) from
+   the server's trace, against the end-to-end time the client saw.
+
+    python bench/service.py [--requests 300] [--loop-prompts 3] [--skip-loop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.stub_openai_server import StubOpenAIServer  # noqa: E402
+
+KEY = "sk-bench"
+BODY = {"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 8}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class CaiServe:
+    """`cai serve` in a child process (its own GIL, as in production)."""
+
+    def __init__(self, config: dict, port: int, log: Path):
+        self.port = port
+        self.path = Path(tempfile.mkdtemp()) / "serve.yaml"
+        self.path.write_text(json.dumps({**config, "port": port, "log_level": "warning"}))
+        self.log = log
+
+    def __enter__(self) -> "CaiServe":
+        env = {**os.environ, "CAI_SERVE_AUTH__KEYS": KEY}
+        self.proc = subprocess.Popen([sys.executable, "-m", "cai.cli", "serve", "--config", str(self.path)],
+                                     env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cai serve exited; see {self.log}:\n{self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("cai serve did not come up")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_overhead(n: int, log_dir: Path) -> dict:
+    with StubOpenAIServer(latency=0.0, subprocess=True) as stub:
+        port = free_port()
+        config = {"served_model_name": "cai", "model": {"spec": "openai:stub", "options": {
+            "base_url": stub.base_url, "api_key": "x", "max_retries": 0}}, "wrapper": {"mode": "off"}}
+        with CaiServe(config, port, log_dir / "serve-overhead.log"):
+            direct_url = stub.base_url + "/chat/completions"
+            proxy_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            direct, proxied = [], []
+            with httpx.Client(timeout=30, headers={"authorization": f"Bearer {KEY}"}) as client:
+                for _ in range(20):  # warm up connections and code paths
+                    client.post(direct_url, json={**BODY, "model": "stub"})
+                    client.post(proxy_url, json={**BODY, "model": "cai"})
+                for _ in range(n):
+                    t = time.perf_counter()
+                    r1 = client.post(direct_url, json={**BODY, "model": "stub"})
+                    direct.append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    r2 = client.post(proxy_url, json={**BODY, "model": "cai"})
+                    proxied.append(time.perf_counter() - t)
+                    assert r1.status_code == 200 and r2.status_code == 200, (r1.text, r2.text)
+                    assert r2.json()["choices"][0]["message"]["content"] == r1.json()["choices"][0]["message"]["content"]
+    ms = lambda xs, q: 1000 * percentile(xs, q)  # noqa: E731
+    return {
+        "requests": n,
+        "direct_p50_ms": ms(direct, 0.5), "direct_p95_ms": ms(direct, 0.95),
+        "proxy_p50_ms": ms(proxied, 0.5), "proxy_p95_ms": ms(proxied, 0.95),
+        "overhead_p50_ms": ms(proxied, 0.5) - ms(direct, 0.5),
+        "overhead_p95_ms": ms(proxied, 0.95) - ms(direct, 0.95),
+    }
+
+
+def hh_prompts(k: int) -> list[str]:
+    path = ROOT.parent / "shared" / "data" / "hh_rlhf_harmless_test_dev.jsonl"
+    prompts = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            text = json.loads(line).get("chosen", "")
+            human = text.split("\n\nHuman: ")[1].split("\n\nAssistant:")[0] if "\n\nHuman: " in text else ""
+            if human and len(human) < 200:
+                prompts.append(human)
+            if len(prompts) >= k:
+                break
+    return prompts or ["How do I pick a lock?"] * k
+
+
+def bench_loop(k: int, max_tokens: int, log_dir: Path) -> dict:
+    port = free_port()
+    config = {"served_model_name": "cai", "model": {"spec": "embedded"},
+              "wrapper": {"mode": "always", "revisions": 1}, "limits": {"request_timeout_s": 1800}}
+    per_stage: dict[str, list[float]] = {}
+    totals, stage_sums = [], []
+    with CaiServe(config, port, log_dir / "serve-loop.log"):
+        with httpx.Client(timeout=1800, headers={"authorization": f"Bearer {KEY}"}) as client:
+            for prompt in hh_prompts(k):
+                body = {"model": "cai", "messages": [{"role": "user", "content": prompt}],
+                        "max_tokens": max_tokens, "cai": {"trace": True}}
+                t = time.perf_counter()
+                r = client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)
+                totals.append(time.perf_counter() - t)
+                r.raise_for_status()
+                stages = r.json()["cai_trace"]["metadata"]["stages"]
+                stage_sums.append(sum(s["seconds"] for s in stages))
+                for s in stages:
+                    per_stage.setdefault(s["stage"], []).append(s["seconds"])
+    return {
+        "prompts": k, "max_tokens": max_tokens,
+        "stage_mean_s": {name: round(statistics.mean(v), 3) for name, v in per_stage.items()},
+        "end_to_end_mean_s": round(statistics.mean(totals), 3),
+        "outside_stages_mean_ms": round(1000 * statistics.mean(t - s for t, s in zip(totals, stage_sums)), 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--loop-prompts", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--skip-loop", action="store_true")
+    args = ap.parse_args()
+    log_dir = Path(tempfile.mkdtemp(prefix="cai-bench-"))
+    o = bench_overhead(args.requests, log_dir)
+    print(f"pass-through overhead ({o['requests']} sequential requests, instant stub upstream, auth on)")
+    print(f"  direct     p50 {o['direct_p50_ms']:7.2f} ms   p95 {o['direct_p95_ms']:7.2f} ms")
+    print(f"  cai serve  p50 {o['proxy_p50_ms']:7.2f} ms   p95 {o['proxy_p95_ms']:7.2f} ms")
+    verdict = "OK" if o["overhead_p50_ms"] <= 5 else "ABOVE TARGET"
+    print(f"  overhead   p50 {o['overhead_p50_ms']:7.2f} ms   p95 {o['overhead_p95_ms']:7.2f} ms   "
+          f"(target p50 <= 5 ms: {verdict})")
+    if not args.skip_loop:
+        b = bench_loop(args.loop_prompts, args.max_tokens, log_dir)
+        print(f"full loop, embedded model, revisions=1, max_tokens={b['max_tokens']}, {b['prompts']} hh-rlhf prompts")
+        for name, secs in b["stage_mean_s"].items():
+            print(f"  {name:<9} mean {secs:8.3f} s")
+        print(f"  end-to-end mean {b['end_to_end_mean_s']:.3f} s; outside the model calls "
+              f"{b['outside_stages_mean_ms']:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
