@@ -177,40 +177,40 @@ def _not_found_message(reference: str) -> str:
     return f"no constitution named {reference!r}" + did_you_mean(reference, _shipped_names())
 
 
-# resolved path -> (fingerprints of every file it was built from, result)
-_cache: dict[Path, tuple[tuple[tuple[Path, int, int], ...], Constitution]] = {}
+# resolved path -> (the text of every file it was built from, result). Reading is cheap and
+# parsing is not; comparing text also sees edits that coarse file mtimes would miss.
+Sources = tuple[tuple[Path, str], ...]
+_cache: dict[Path, tuple[Sources, Constitution]] = {}
 
 
-def _fingerprint(path: Path) -> tuple[Path, int, int]:
-    stat = path.stat()
-    return path, stat.st_mtime_ns, stat.st_size
-
-
-def _unchanged(fingerprints: tuple[tuple[Path, int, int], ...]) -> bool:
+def _read(path: Path) -> str:
     try:
-        return all(_fingerprint(fp[0]) == fp for fp in fingerprints)
-    except OSError:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConstitutionError([Problem(str(path), None, "", f"cannot read file: {exc}")]) from None
+
+
+def _unchanged(sources: Sources) -> bool:
+    try:
+        return all(path.read_text(encoding="utf-8") == text for path, text in sources)
+    except (OSError, UnicodeDecodeError):
         return False
 
 
-def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[Constitution, tuple[Path, ...]]:
+def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[Constitution, Sources]:
     """Load and resolve one file; returns the constitution and every file it was built from."""
     path = path.resolve()
+    text = _read(path)
     cached = _cache.get(path)
-    if cached and _unchanged(cached[0]):
-        return cached[1], tuple(p for p, _, _ in cached[0])
-    file = str(path)
-    try:
-        source = YamlFile(file, path.read_text(encoding="utf-8"), ConstitutionError,
-                          expect="a mapping with name and principles")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConstitutionError([Problem(file, None, "", f"cannot read file: {exc}")]) from None
+    if cached and cached[0][0][1] == text and _unchanged(cached[0][1:]):
+        return cached[1], cached[0]
+    source = YamlFile(str(path), text, ConstitutionError, expect="a mapping with name and principles")
     try:
         spec = _ConstitutionFile.model_validate(source.data)
     except ValidationError as exc:
         raise ConstitutionError(source.validation_problems(exc, _ConstitutionFile)) from None
 
-    parent, files = None, (path,)
+    parent, sources = None, ((path, text),)
     if spec.extends is not None:
         parent_path = _find(spec.extends, relative_to=path.parent)
         if parent_path is None:
@@ -218,14 +218,14 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[Constitution, tuple
         if parent_path.resolve() in (*chain, path):
             names = " -> ".join(p.name for p in (*chain, path, parent_path.resolve()))
             source.error(("extends",), f"extends cycle: {names}")
-        parent, parent_files = _load_file(parent_path, (*chain, path))
-        files = (path, *parent_files)
+        parent, parent_sources = _load_file(parent_path, (*chain, path))
+        sources += parent_sources
     elif spec.drop:
         source.error(("drop",), "drop needs extends: there is no parent to drop principles from")
 
     constitution = _resolve(spec, parent, source)
-    _cache[path] = (tuple(_fingerprint(p) for p in files), constitution)
-    return constitution, files
+    _cache[path] = (sources, constitution)
+    return constitution, sources
 
 
 def _resolve(spec: _ConstitutionFile, parent: Constitution | None, source: YamlFile) -> Constitution:

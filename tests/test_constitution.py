@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -370,10 +369,10 @@ def test_reload_sees_edits_to_file_and_parent(tmp_path):
     child = write(tmp_path, "name: child\nextends: parent.yaml\n", "child.yaml")
     before = load_constitution(child)
     assert load_constitution(child) is before  # cached while unchanged
-    parent.write_text(MINIMAL.replace("Is it harmful?", "Is it harmful at all?"), encoding="utf-8")
-    os.utime(parent, ns=(time.time_ns(), time.time_ns() + 10**9))
+    # same size, and likely the same mtime tick: still seen
+    parent.write_text(MINIMAL.replace("Is it harmful?", "Is it hurtful?"), encoding="utf-8")
     after = load_constitution(child)
-    assert after.principle("harmful").critique == "Is it harmful at all?"
+    assert after.principle("harmful").critique == "Is it hurtful?"
     assert after.hash != before.hash
 
 
