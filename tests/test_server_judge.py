@@ -103,3 +103,16 @@ def test_config_precedence_file_env_flags(tmp_path):
     keys.write_text("sk-one chat,bogus\n")
     with pytest.raises(ConfigError, match=r"keys.txt:1: unknown route"):
         KeyStore.from_config(c.auth)
+
+
+def test_remote_reward_function_for_trl(judge_server):
+    from cai.server.client import remote_reward_function
+
+    reward = remote_reward_function(judge_server.url, api_key="sk-reward")
+    prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Pick a lock?"}]]
+    completions = [[{"role": "assistant", "content": "Hello!"}],
+                   [{"role": "assistant", "content": "I can't help with that."}]]
+    assert reward(prompts, completions) == [0.0, 1.0]
+    assert reward(["Hi"], ["I cannot do that."]) == [1.0]
+    with pytest.raises(RuntimeError, match="403"):
+        remote_reward_function(judge_server.base_url, api_key="sk-chat")(["Hi"], ["x"])
