@@ -2,7 +2,10 @@
 
 SCHEMA CONTRACT (other modules rely on these attribute names):
   Constitution.name, .version, .description, .language
-  Constitution.principles: list[Principle(name, critique, revision, tags)]
+  Constitution.principles: list[Principle(name, critique, revision, tags, rule)]
+    (rule: optional one-sentence statement, "The response must not ...", for judges that
+     check a response against the principle; Principle.statement gives rule or, if empty,
+     the critique request)
   Constitution.judge_principles: list[JudgePrinciple(name, question)]
   Constitution.few_shot: list[FewShotExample(prompt, response, critique_request, critique,
                                               revision_request, revision)]; .to_messages()
@@ -44,6 +47,12 @@ class Principle(_Strict):
     critique: str = Field(min_length=1)
     revision: str = Field(min_length=1)
     tags: list[str] = []
+    rule: str = ""
+
+    @property
+    def statement(self) -> str:
+        """The principle as a statement about a response (for violation judges)."""
+        return self.rule or self.critique
 
 
 class JudgePrinciple(_Strict):

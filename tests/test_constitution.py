@@ -400,7 +400,8 @@ def test_shipped_constitution_is_complete(name):
     assert c.principles and c.judge_principles and c.few_shot
     assert c.defaults.stop_phrases and c.defaults.revisions >= 1
     for p in c.principles:
-        assert p.critique.strip() and p.revision.strip()
+        assert p.critique.strip() and p.revision.strip() and p.rule.strip()
+        assert p.statement == p.rule
         # short enough for a small model's context (UTF-8 bytes bound byte-level BPE tokens;
         # Korean costs about a token per byte), and each tells the model how to say "fine"
         assert len((p.critique + p.revision).encode()) < 450, p.name
