@@ -77,17 +77,18 @@ def show(
     console.print(f"defaults: revisions={d.revisions} sampling={d.sampling} seed={d.seed} "
                   f"stop_phrases={escape(repr(d.stop_phrases))}")
     principles = Table(title=f"principles ({len(c.principles)})", show_lines=True)
-    for column in ("name", "critique", "revision", "tags"):
+    for column in ("name / rule", "critique", "revision", "tags"):
         principles.add_column(column, overflow="fold")
     for p in c.principles:
-        principles.add_row(p.name, p.critique, p.revision, ", ".join(p.tags))
+        name = f"[bold]{escape(p.name)}[/]" + (f"\n[dim]{escape(p.rule)}[/]" if p.rule else "")
+        principles.add_row(name, escape(p.critique), escape(p.revision), escape(", ".join(p.tags)))
     console.print(principles)
     if c.judge_principles:
         judges = Table(title=f"judge principles ({len(c.judge_principles)})")
         judges.add_column("name")
         judges.add_column("question", overflow="fold")
         for j in c.judge_principles:
-            judges.add_row(j.name, j.question)
+            judges.add_row(escape(j.name), escape(j.question))
         console.print(judges)
     for index, example in enumerate(c.few_shot):
         console.print(f"[bold]few-shot {index}[/]")
