@@ -28,6 +28,7 @@ def _as_yaml(constitution: Constitution) -> str:
 @constitutions_app.command("list")
 def list_() -> None:
     """List the shipped constitutions."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="Shipped constitutions")
@@ -42,7 +43,7 @@ def list_() -> None:
         table.add_column(column, no_wrap=True, min_width=width)
     table.add_column("description", overflow="fold", min_width=20)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))
     _console().print(table)
 
 
