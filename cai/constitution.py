@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,8 +117,9 @@ class Constitution(_Strict):
             seen[item.name] = index
         return items
 
-    @cached_property
+    @property
     def hash(self) -> str:
+        # computed each time (~0.1 ms): a cached value would go stale through model_copy(update=...)
         payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 

@@ -365,6 +365,13 @@ def test_hash_is_content_based(tmp_path):
     assert one.id == f"tiny@1#{one.hash}" and len(one.hash) == 16
 
 
+def test_hash_follows_copies():
+    harmless = load_constitution("harmless")
+    copy = harmless.model_copy(update={"defaults": harmless.defaults.model_copy(update={"revisions": 4})})
+    assert copy.hash != harmless.hash
+    assert copy.model_copy().hash == copy.hash
+
+
 def test_reload_sees_edits_to_file_and_parent(tmp_path):
     parent = write(tmp_path, MINIMAL, "parent.yaml")
     child = write(tmp_path, "name: child\nextends: parent.yaml\n", "child.yaml")
