@@ -54,7 +54,8 @@ def test_serve_embedded_model(embedded_model):
         r = httpx.post(s.base_url + "/reward", json=body, headers=ALL, timeout=900)
         assert r.status_code == 200, r.text
         (reward,) = r.json()["rewards"]
-        assert 0.0 <= reward <= 1.0 and r.json()["scores"][0]["status"] == "ok"
+        # a violation judge: reward = -p(violation)
+        assert -1.0 <= reward <= 0.0 and r.json()["scores"][0]["status"] == "ok"
 
 
 @pytest.mark.vllm

@@ -43,8 +43,6 @@ class JudgeEndpointConfig(_Strict):
     pairwise: str | None = None
     pointwise: str | None = None
     options: dict[str, Any] = {}
-    # /v1/reward: reward = value, or 1 - value for judges that score p(violation)
-    reward_invert: bool = False
     # OpenRLHF needs a number for every item: what an unscored (unparseable/failed) item gets
     unscored_reward: float = 0.0
     concurrency: int = Field(default=16, ge=1)

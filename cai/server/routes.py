@@ -212,10 +212,9 @@ async def reward(body: RewardRequest, request: Request) -> dict[str, Any]:
     start = time.perf_counter()
     scores = await _bounded(state, judge.score_many(pairs, concurrency=cfg.concurrency))
     state.metrics.stage.labels("reward").observe(time.perf_counter() - start)
-    rewards: list[float | None] = []
-    for s in scores:
-        value = s.value if s.ok else None
-        rewards.append(None if value is None else (1.0 - value if cfg.reward_invert else float(value)))
+    # as judges.trl does: the score, negated for lower-is-better judges (ViolationJudge)
+    sign = 1.0 if getattr(judge, "higher_is_better", True) else -1.0
+    rewards: list[float | None] = [sign * s.value if s.ok and s.value is not None else None for s in scores]
     unscored = sum(r is None for r in rewards)
     if body.query is not None:
         # OpenRLHF turns rewards into a tensor: unscored items get the configured fill value
