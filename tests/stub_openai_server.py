@@ -13,7 +13,7 @@ Use it in a thread (tests)::
         client = AsyncOpenAI(base_url=server.base_url, api_key="x")
         server.inject("429:0.3", "500")                # the next two requests fail, then normal
         ...
-        server.stats()                                 # {"requests": N, "faults_left": M}
+        server.stats()            # {"requests": N, "faults_left": M, "peak_in_flight": P}
 
 or in its own process (benchmarks, so the server does not share the client's GIL)::
 
@@ -60,6 +60,8 @@ class _Handler:
         self.max_context = max_context
         self.faults: deque[str] = deque()
         self.requests = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0  # most chat requests handled at once
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -73,7 +75,7 @@ class _Handler:
                     return
                 if headers.get("connection", "").lower() == "close":
                     break
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
@@ -95,14 +97,24 @@ class _Handler:
         if path == "/control/faults" and method == "POST":
             self.faults.extend(json.loads(body)["faults"])
             self._send(writer, 200, {"faults_left": len(self.faults)})
+        elif path == "/control/reset" and method == "POST":
+            self.faults.clear()
+            self.peak_in_flight = self.in_flight
+            self._send(writer, 200, {})
         elif path == "/control/stats":
-            self._send(writer, 200, {"requests": self.requests, "faults_left": len(self.faults)})
+            self._send(writer, 200, {"requests": self.requests, "faults_left": len(self.faults),
+                                     "peak_in_flight": self.peak_in_flight})
         elif path == "/health":
             self._send(writer, 200, {})
         elif path == "/v1/models":
             self._send(writer, 200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
         elif path == "/v1/chat/completions" and method == "POST":
-            return await self.chat(json.loads(body), writer)
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            try:
+                return await self.chat(json.loads(body), writer)
+            finally:
+                self.in_flight -= 1
         else:
             self._send(writer, 404, self._error(f"no route {method} {path}", "not_found_error"))
         await writer.drain()
@@ -249,6 +261,10 @@ class StubOpenAIServer:
     def inject(self, *faults: str) -> None:
         """Queue faults; each following chat request consumes one (see the module doc)."""
         self._control("/control/faults", {"faults": list(faults)})
+
+    def reset(self) -> None:
+        """Drop queued faults and restart the in-flight peak."""
+        self._control("/control/reset", {})
 
     def stats(self) -> dict[str, int]:
         return self._control("/control/stats")

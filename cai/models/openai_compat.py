@@ -1,18 +1,23 @@
 """The OpenAI chat-completions wire format, shared by the openai and litellm backends:
-request arguments from GenParams, Completion from a response, and typed errors from the
-openai SDK's exceptions (LiteLLM's exceptions subclass them)."""
+request arguments from GenParams, Completion from a response, typed errors from the openai
+SDK's exceptions (LiteLLM's exceptions subclass them), and :class:`RemoteChatModel`, the
+common ``chat`` of both backends under one :class:`~cai.models.policy.CallPolicy`."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import re
 import time
+from abc import abstractmethod
 from typing import Any, Sequence
 
 import openai
 
 from cai.models.base import (
+    Capabilities,
+    ChatModel,
     Completion,
     ContextLengthError,
     GenParams,
@@ -23,6 +28,7 @@ from cai.models.base import (
     TransientModelError,
     Usage,
 )
+from cai.models.policy import CallPolicy, RetryConfig
 
 _CONTEXT_PATTERNS = re.compile(
     r"context length|context_length|context window|maximum context|too many tokens|prompt is too long"
@@ -144,3 +150,57 @@ def map_error(exc: BaseException) -> ModelError:
     if type(exc).__name__ in ("ServiceUnavailableError", "APIError") and status is None:
         return TransientModelError(message, reason="server_error")
     return PermanentModelError(f"{type(exc).__name__}: {message}", reason="error")
+
+
+class RemoteChatModel(ChatModel):
+    """A chat model behind an OpenAI-style API; subclasses only send the request."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        spec: str,
+        max_concurrency: int = 32,
+        timeout: float = 120.0,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        max_retries: int = 4,
+        backoff_initial: float = 0.5,
+        max_context: int | None = None,
+    ):
+        self.model = model
+        self.spec = spec
+        self.max_context = max_context
+        self.policy = CallPolicy(
+            max_concurrency=max_concurrency,
+            rpm=rpm,
+            tpm=tpm,
+            timeout=timeout,
+            retry=RetryConfig(max_retries=max_retries, backoff_initial=backoff_initial),
+        )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(logprobs=True, max_top_logprobs=20, max_context=self.max_context, structured_output=True)
+
+    @abstractmethod
+    async def _create(self, kwargs: dict[str, Any]) -> Any:
+        """Send one chat-completions request; return the response object."""
+
+    async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
+        params = params or GenParams()
+        kwargs = request_kwargs(messages, params)
+        cost = estimate_tokens(messages, params) if self.policy.tokens else 0
+
+        async def call() -> Completion:
+            try:
+                response = await self._create(kwargs)
+                return parse_completion(response, model=self.model, want_logprobs=params.logprobs)
+            except (asyncio.CancelledError, asyncio.TimeoutError):
+                raise
+            except Exception as exc:
+                raise map_error(exc) from exc
+
+        completion = await self.policy.run(call, token_cost=cost)
+        self.policy.used_tokens(cost, completion.usage.total_tokens)
+        return completion
