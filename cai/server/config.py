@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "CAI_SERVE_"
 ROUTES = ("chat", "models", "judge", "reward", "metrics")
@@ -35,6 +35,11 @@ class WrapperConfig(_Strict):
     judge_options: dict[str, Any] = {}
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     refusal: str = "I can't help with that request."
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
 
 
 class JudgeEndpointConfig(_Strict):
