@@ -81,9 +81,15 @@ def clean_revision(text: str) -> str:
 
 
 def degenerate_reason(
-    revision: str, *, critique: str, request: str, stop_phrases: Sequence[str] = ()
+    revision: str,
+    *,
+    critique: str,
+    request: str,
+    stop_phrases: Sequence[str] = (),
+    examples: Sequence[str] = (),
 ) -> str | None:
-    """Why a revision must not replace the current answer, or None when it is usable."""
+    """Why a revision must not replace the current answer, or None when it is usable.
+    ``examples`` are the few-shot texts, which small models tend to copy verbatim."""
     if not _norm(revision):
         return "empty"
     if says_no_revision_needed(revision, stop_phrases):
@@ -93,6 +99,8 @@ def degenerate_reason(
     norm_request = _norm(request)
     if _similar(revision, request, 0.8) or (len(norm_request) > 20 and norm_request in _norm(revision)):
         return "request_echoed"
+    if any(_similar(revision, example, 0.8) for example in examples):
+        return "copy_of_example"
     return None
 
 
@@ -207,6 +215,7 @@ async def revise(
         return trace
 
     current = trace.initial
+    examples = [e.revision for e in constitution.few_shot] + [e.critique for e in constitution.few_shot]
     history = [*_with_few_shot(messages, constitution, few_shot), {"role": "assistant", "content": current}]
     trace.stop_reason = "completed"
     for principle in pick_principles(constitution, sampling, revisions, seed=seed, key=key):
@@ -237,7 +246,11 @@ async def revise(
             trace.steps.append(step)
             break
         bad = degenerate_reason(
-            step.revision, critique=step.critique, request=principle.revision, stop_phrases=stop_phrases
+            step.revision,
+            critique=step.critique,
+            request=principle.revision,
+            stop_phrases=stop_phrases,
+            examples=examples,
         )
         if bad:
             step.note = f"degenerate:{bad}"  # roll back: the next round critiques `current` again

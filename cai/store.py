@@ -85,7 +85,8 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 class RunStore:
-    """SQLite state of one run. ``run_dir=None`` keeps everything in memory (no resume).
+    """SQLite state of one run. ``run_dir=None`` keeps everything in memory (no resume);
+    ``read_only=True`` opens an existing run for reading without taking its lock.
 
     Single-writer: the store takes an exclusive lock file in the run directory so two
     processes cannot run in the same directory at once (the OS drops it when a process dies).
@@ -97,12 +98,18 @@ class RunStore:
         config: dict[str, Any] | None = None,
         *,
         new_run: bool = False,
+        read_only: bool = False,
     ):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.moved_to: Path | None = None
         self._lock_fd: int | None = None
         if self.run_dir is None:
             self._db = sqlite3.connect(":memory:", isolation_level=None)
+        elif read_only:  # for readers (export, status) while a run may be going: no lock
+            db = (self.run_dir / DB_NAME).resolve()
+            if not db.exists():
+                raise FileNotFoundError(f"{self.run_dir} is not a run directory (no {DB_NAME})")
+            self._db = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, isolation_level=None)
         else:
             if new_run and (self.run_dir / DB_NAME).exists():
                 self.moved_to = self._move_aside(self.run_dir)
@@ -112,7 +119,8 @@ class RunStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a commit is durable once write() returns (survives kill -9)
             self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        if not read_only:
+            self._db.executescript(_SCHEMA)
         self.hits = 0  # calls served from the cache by this process
         self.misses = 0  # real calls made by this process
         self.usage = Usage()  # tokens of this process's real calls
@@ -260,7 +268,7 @@ class RunStore:
                     input_hash,
                     status,
                     failed,
-                    _dumps(record) if record is not None else None,
+                    json.dumps(record, ensure_ascii=False) if record is not None else None,
                     _dumps(counters or {}),
                     seq,
                     time.time(),

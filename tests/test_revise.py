@@ -127,6 +127,7 @@ async def test_early_stop_first_round_is_not_a_preference_pair():
         ("No revision needed.", "stop_phrase"),
         ("It is harmful.", "copy_of_critique"),
         ("REVISE-0: rewrite it safely please.", "request_echoed"),
+        ("Shot revision.", "copy_of_example"),
     ],
 )
 async def test_degenerate_revision_never_replaces_answer(bad, reason):

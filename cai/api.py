@@ -1,0 +1,166 @@
+"""Python API for dataset runs, mirroring ``cai generate``::
+
+    import cai
+    traces = cai.generate("prompts.jsonl", model="embedded", constitution="harmless",
+                          revisions=2, out="runs/demo")
+    # or in async code: traces = await cai.agenerate([...], model=chat_model, ...)
+
+``out`` is a run directory (resumable, with traces/sft/preferences JSONL files); with
+``out=None`` the run is kept in memory. The traces come back in input order, including
+samples finished by an earlier run in the same directory and failed ones
+(``trace.stop_reason == "failed"``, ``trace.error`` = reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from cai.constitution import Constitution, Sampling, load_constitution
+from cai.inputs import OnBadLine, PromptRecord, read_prompts
+from cai.models.base import ChatModel, GenParams, Message
+from cai.models.registry import load_model
+from cai.outputs import generate_writers
+from cai.records import Trace
+from cai.revise import normalize_prompt, revise
+from cai.runner import Outcome, Runner, RunSummary, Sample
+from cai.store import CachedModel, RunStore
+
+PromptsLike = str | Path | Sequence[str | Sequence[Message] | PromptRecord]
+# options that are safe to record in a run's config (never api keys)
+_RECORDED_OPTIONS = ("base_url",)
+
+
+@dataclass
+class GenerateResult:
+    traces: list[Trace]
+    summary: RunSummary
+    skipped_inputs: list[str]
+    run_dir: Path | None
+
+
+def _strip_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))) if parts.hostname else url
+
+
+def run_config(
+    model: ChatModel, constitution: Constitution, *, revisions: int, sampling: str, seed: int,
+    few_shot: bool, params: GenParams, model_options: dict[str, Any],
+) -> dict[str, Any]:
+    recorded = {k: _strip_credentials(str(v)) for k, v in model_options.items() if k in _RECORDED_OPTIONS and v}
+    return {
+        "task": "generate",
+        "model": model.spec,
+        "model_options": recorded,
+        "constitution": constitution.id,
+        "constitution_name": constitution.name,
+        "revisions": revisions,
+        "sampling": sampling,
+        "seed": seed,
+        "few_shot": few_shot,
+        "params": params.to_dict(),
+    }
+
+
+def _to_records(prompts: PromptsLike, prompt_field: str, messages_field: str, on_bad_line: OnBadLine,
+                limit: int | None) -> tuple[list[PromptRecord], list[str]]:
+    if isinstance(prompts, (str, Path)) and Path(prompts).exists():
+        found = read_prompts(prompts, prompt_field=prompt_field, messages_field=messages_field,
+                             on_bad_line=on_bad_line, limit=limit)
+        return found.prompts, found.skipped
+    if isinstance(prompts, (str, Path)):
+        raise FileNotFoundError(f"{prompts}: no such prompt file (pass a list to give prompts directly)")
+    records = []
+    for i, p in enumerate(prompts[:limit] if limit is not None else prompts):
+        records.append(p if isinstance(p, PromptRecord) else PromptRecord(str(i), normalize_prompt(p), f"item {i}"))
+    return records, []
+
+
+async def agenerate_run(
+    prompts: PromptsLike,
+    *,
+    model: str | ChatModel = "embedded",
+    constitution: str | Path | Constitution = "harmless",
+    revisions: int | None = None,
+    sampling: Sampling | None = None,
+    seed: int | None = None,
+    few_shot: bool = True,
+    params: GenParams | None = None,
+    out: str | Path | None = None,
+    concurrency: int = 16,
+    limit: int | None = None,
+    new_run: bool = False,
+    progress: bool = False,
+    prompt_field: str = "prompt",
+    messages_field: str = "messages",
+    on_bad_line: OnBadLine = "abort",
+    model_options: dict[str, Any] | None = None,
+) -> GenerateResult:
+    """``agenerate`` with the run summary and the list of skipped input records."""
+    constitution = load_constitution(constitution)
+    defaults = constitution.defaults
+    revisions = defaults.revisions if revisions is None else revisions
+    sampling = sampling or defaults.sampling
+    seed = defaults.seed if seed is None else seed
+    params = params or GenParams()
+    model_options = dict(model_options or {})
+    records, skipped = _to_records(prompts, prompt_field, messages_field, on_bad_line, limit)
+
+    owned = not isinstance(model, ChatModel)
+    chat_model = load_model(model, **model_options) if owned else model
+    try:
+        config = run_config(chat_model, constitution, revisions=revisions, sampling=sampling, seed=seed,
+                            few_shot=few_shot, params=params, model_options=model_options)
+        with RunStore(out, config, new_run=new_run) as store:
+            cached = CachedModel(chat_model, store)
+            sources = {r.id: r.source for r in records}
+
+            async def work(sample: Sample) -> Outcome:
+                trace = await revise(cached, sample.data, constitution, revisions=revisions, sampling=sampling,
+                                     seed=seed, few_shot=few_shot, params=params, sample_id=sample.id)
+                trace.metadata["source"] = sources[sample.id]
+                counters = {
+                    "revised": float(trace.revised),
+                    "early_stopped": float(trace.stop_reason == "early_stop"),
+                    "degenerate_revisions": float(sum(s.note.startswith("degenerate") for s in trace.steps)),
+                }
+                return Outcome(record=trace.to_dict(), failed=trace.error if not trace.ok else None,
+                               counters=counters, usage=trace.usage)
+
+            runner = Runner(store, generate_writers() if out is not None else (), concurrency=concurrency,
+                            progress=progress, title="generate", show_counters=["revised", "early_stopped"])
+            summary = await runner.run([Sample(r.id, r.messages) for r in records], work)
+            if progress:
+                runner.print_summary(summary)
+            traces = []
+            for r in records:
+                row = store.sample(r.id)
+                if row is not None and row.record and "prompt" in row.record:
+                    traces.append(Trace.from_dict(row.record))
+                else:  # failed before any trace existed (an unexpected error)
+                    traces.append(Trace(id=r.id, prompt=r.messages, stop_reason="failed",
+                                        error=row.reason if row else "not_run"))
+    finally:
+        if owned:
+            await chat_model.aclose()
+    return GenerateResult(traces, summary, skipped, Path(out) if out is not None else None)
+
+
+async def agenerate(prompts: PromptsLike, **kwargs: Any) -> list[Trace]:
+    """Critique-revise every prompt; see ``agenerate_run`` for the options."""
+    return (await agenerate_run(prompts, **kwargs)).traces
+
+
+def generate(prompts: PromptsLike, **kwargs: Any) -> list[Trace]:
+    """Blocking ``agenerate`` (runs in a helper thread when called inside an event loop)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(agenerate(prompts, **kwargs))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # e.g. inside Jupyter
+        return pool.submit(asyncio.run, agenerate(prompts, **kwargs)).result()

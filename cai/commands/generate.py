@@ -1,0 +1,94 @@
+"""`cai generate INPUT --out DIR ...` (critique-revise a dataset) and `cai export RUN_DIR --to DIR`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Literal, Optional
+
+import typer
+
+Sampling = Literal["random", "all", "sequential"]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(1)
+
+
+def generate(
+    input: Path = typer.Argument(..., help="Prompts: .jsonl/.json/.csv/.parquet file or a HF datasets folder."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<input name>)."),
+    model: str = typer.Option("embedded", "--model", "-m", help="Model spec: embedded, hf:PATH, vllm:PATH, openai:NAME, litellm:P/M."),
+    constitution: str = typer.Option("harmless", "--constitution", "-c", help="Shipped constitution name or YAML path."),
+    revisions: Optional[int] = typer.Option(None, min=0, help="Critique/revision rounds (default: the constitution's)."),
+    sampling: Optional[Sampling] = typer.Option(None, help="Principle per round: random, all, sequential (default: the constitution's)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for principle sampling (default: the constitution's)."),
+    few_shot: bool = typer.Option(True, "--few-shot/--no-few-shot", help="Prepend the constitution's few-shot examples."),
+    concurrency: int = typer.Option(16, min=1, help="Samples in flight at once."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N prompts."),
+    max_tokens: int = typer.Option(256, min=1, help="Max new tokens per call."),
+    temperature: float = typer.Option(0.0, min=0.0, help="Sampling temperature of every call."),
+    base_url: Optional[str] = typer.Option(None, help="Server URL for openai:/litellm: models, e.g. http://127.0.0.1:8000/v1."),
+    api_key: Optional[str] = typer.Option(None, envvar="CAI_API_KEY", show_envvar=True, help="API key (never written to the run)."),
+    prompt_field: str = typer.Option("prompt", help="Input field holding the prompt text."),
+    messages_field: str = typer.Option("messages", help="Input field holding a conversation."),
+    on_bad_line: Literal["skip", "abort"] = typer.Option("abort", help="Bad input record: skip it (and list it) or abort."),
+    new_run: bool = typer.Option(False, "--new-run", help="Move an existing run in --out aside and start over."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Critique and revise every prompt with a constitution; writes traces.jsonl, sft.jsonl and
+    preferences.jsonl in the run directory as samples finish. Rerun the same command to resume."""
+    from cai.api import agenerate_run
+    from cai.constitution import ConstitutionError
+    from cai.inputs import InputError
+    from cai.models import GenParams, ModelError
+    from cai.models.registry import ModelSpecError
+    from cai.store import ConfigMismatchError, RunLockedError
+
+    out = out or Path("runs") / input.stem
+    options = {k: v for k, v in {"base_url": base_url, "api_key": api_key}.items() if v}
+    if model.startswith("openai:"):
+        options["max_concurrency"] = concurrency
+    try:
+        result = asyncio.run(
+            agenerate_run(
+                input, model=model, constitution=constitution, revisions=revisions, sampling=sampling,
+                seed=seed, few_shot=few_shot, params=GenParams(max_tokens=max_tokens, temperature=temperature),
+                out=out, concurrency=concurrency, limit=limit, new_run=new_run, progress=not quiet,
+                prompt_field=prompt_field, messages_field=messages_field, on_bad_line=on_bad_line,
+                model_options=options,
+            )
+        )
+    except (InputError, ConfigMismatchError, RunLockedError, ConstitutionError, ModelSpecError,
+            ModelError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    for message in result.skipped_inputs:
+        typer.secho(f"skipped {message}", fg="yellow", err=True)
+    s = result.summary
+    typer.echo(f"{out}: {s.done_before + s.done} done, {s.n_failed} failed -> "
+               f"{out / 'sft.jsonl'}, {out / 'preferences.jsonl'}", err=True)
+    if s.n_failed:
+        typer.secho("rerun the same command to retry the failed samples", fg="yellow", err=True)
+
+
+def export(
+    run_dir: Path = typer.Argument(..., help="A `cai generate` run directory."),
+    to: Path = typer.Option(..., "--to", help="Output folder."),
+    format: Literal["hf", "parquet"] = typer.Option("hf", "--format", help="hf: datasets folders (load_from_disk); parquet: files."),
+) -> None:
+    """Export a run's SFT rows and preference pairs, with a dataset card (README.md)."""
+    from cai.outputs import export_run
+
+    try:
+        counts = export_run(run_dir, to, format)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"exported {counts['sft']} SFT rows and {counts['preferences']} preference pairs to {to}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)
+    app.command("export")(export)

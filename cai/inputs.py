@@ -1,0 +1,186 @@
+"""Read prompts from JSONL / JSON / CSV / Parquet files or a HF ``datasets`` folder.
+
+Each record gives a prompt as, in order of preference:
+- ``messages`` (name configurable): a list of ``{"role", "content"}`` ending with a user turn;
+- ``prompt`` (name configurable): a string; an hh-rlhf transcript (``"\\n\\nHuman: ...
+  \\n\\nAssistant: ..."``) is parsed into messages, anything else is one user turn;
+- ``chosen`` (hh-rlhf preference data): the transcript up to and including the last Human turn.
+
+A record's ``id`` field (if any) is its sample id, else its position in the file. Bad records
+are reported as ``file:line: field: problem``; ``on_bad_line="skip"`` skips and lists them,
+``"abort"`` raises ``InputError`` at the first one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from cai.models.base import Message
+
+OnBadLine = Literal["skip", "abort"]
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant|H|A):[ \t]?")
+_ROLES = {"Human": "user", "H": "user", "Assistant": "assistant", "A": "assistant"}
+
+
+class InputError(ValueError):
+    """A prompt file (or one record in it) cannot be used."""
+
+
+@dataclass
+class PromptRecord:
+    id: str
+    messages: list[Message]
+    source: str  # "file:line" (or "file:row N")
+
+
+@dataclass
+class PromptSet:
+    prompts: list[PromptRecord]
+    skipped: list[str] = field(default_factory=list)  # one message per bad record
+
+
+def is_transcript(text: str) -> bool:
+    return bool(re.match(r"\s*(Human|H):", text)) or "\n\nHuman:" in text
+
+
+def parse_transcript(text: str) -> list[Message]:
+    """hh-rlhf ``Human:``/``Assistant:`` transcript -> messages (text before the first turn is dropped)."""
+    parts = _TURN.split(text)
+    messages: list[Message] = []
+    for i in range(1, len(parts) - 1, 2):
+        messages.append({"role": _ROLES[parts[i]], "content": parts[i + 1].strip()})
+    return messages
+
+
+def up_to_last_user(messages: list[Message]) -> list[Message]:
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i]["role"] == "user":
+            return messages[: i + 1]
+    return []
+
+
+def _check_messages(value: Any, name: str) -> list[Message]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{name}: expected a non-empty list of messages")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            raise ValueError(f"{name}[{i}]: expected {{'role': system|user|assistant, 'content': str}}")
+        if not isinstance(m.get("content"), str):
+            raise ValueError(f"{name}[{i}].content: expected a string")
+        out.append({"role": m["role"], "content": m["content"]})
+    if out[-1]["role"] != "user":
+        raise ValueError(f"{name}: the conversation must end with a user turn")
+    return out
+
+
+def record_to_messages(record: Any, prompt_field: str = "prompt", messages_field: str = "messages") -> list[Message]:
+    """One input record -> the prompt conversation. Raises ValueError naming the field."""
+    if not isinstance(record, dict):
+        raise ValueError(f"expected an object, got {type(record).__name__}")
+    if record.get(messages_field) is not None:
+        return _check_messages(record[messages_field], messages_field)
+    for name, preference in ((prompt_field, False), ("chosen", True)):
+        value = record.get(name)
+        if value is None:
+            continue
+        if isinstance(value, list):  # a conversational prompt under the prompt field
+            return _check_messages(up_to_last_user(value) if preference else value, name)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name}: expected a non-empty string")
+        if is_transcript(value):
+            messages = up_to_last_user(parse_transcript(value))
+            if not messages or not messages[-1]["content"]:
+                raise ValueError(f"{name}: transcript has no non-empty Human turn")
+            return messages
+        return [{"role": "user", "content": value.strip()}]
+    keys = ", ".join(sorted(map(str, record))) or "none"
+    raise ValueError(f"no '{prompt_field}' or '{messages_field}' field (record has: {keys})")
+
+
+def _records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(location, raw record) pairs; a record that cannot be decoded comes as an exception."""
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        from datasets import DatasetDict, load_from_disk
+
+        try:
+            ds = load_from_disk(str(path))
+        except Exception as exc:
+            raise InputError(f"{path}: not a HF datasets folder saved with save_to_disk ({exc})") from exc
+        if isinstance(ds, DatasetDict):
+            split = "train" if "train" in ds else next(iter(ds))
+            ds = ds[split]
+        for i, row in enumerate(ds):
+            yield f"{path}:row {i}", row
+    elif suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield f"{path}:{n}", json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield f"{path}:{n}", ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})")
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise InputError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
+        for i, row in enumerate(data):
+            yield f"{path}:item {i}", row
+    elif suffix in (".csv", ".tsv"):
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            for row in reader:
+                yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None}
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}:row {i}", row
+    else:
+        raise InputError(f"{path}: unsupported input format {suffix!r}; use .jsonl, .json, .csv, .parquet or a HF datasets folder")
+
+
+def read_prompts(
+    path: str | Path,
+    *,
+    prompt_field: str = "prompt",
+    messages_field: str = "messages",
+    on_bad_line: OnBadLine = "abort",
+    limit: int | None = None,
+) -> PromptSet:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    result = PromptSet(prompts=[])
+    seen: dict[str, str] = {}
+    for position, (where, raw) in enumerate(_records(path)):
+        if limit is not None and len(result.prompts) >= limit:
+            break
+        try:
+            if isinstance(raw, Exception):
+                raise raw
+            messages = record_to_messages(raw, prompt_field, messages_field)
+            sample_id = str(raw["id"]) if raw.get("id") not in (None, "") else str(position)
+            if sample_id in seen:
+                raise ValueError(f"id: {sample_id!r} already used at {seen[sample_id]}")
+        except ValueError as exc:
+            message = f"{where}: {exc}"
+            if on_bad_line == "abort":
+                raise InputError(message + " (use --on-bad-line skip to skip bad records)") from None
+            result.skipped.append(message)
+            continue
+        seen[sample_id] = where
+        result.prompts.append(PromptRecord(sample_id, messages, where))
+    return result

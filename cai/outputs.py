@@ -1,0 +1,121 @@
+"""The files a ``cai generate`` run leaves, and ``cai export``.
+
+In the run directory, appended as samples finish (exactly once each, see ``cai.runner``):
+- ``traces.jsonl``: every step of every done sample (``Trace.to_dict()``);
+- ``sft.jsonl``: TRL conversational SFT rows ``{"messages": [...]}`` (prompt + final answer);
+- ``preferences.jsonl``: TRL conversational preference rows ``{"prompt", "chosen", "rejected"}``
+  (chosen = final revision, rejected = initial answer), only for samples that were revised.
+
+``export_run`` turns a run's stored records into a HF ``datasets`` folder or Parquet files with
+a dataset card. The card is built from an allow-list of config fields, so secrets never reach it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from cai.records import Trace
+from cai.runner import OutputWriter
+from cai.store import RunStore
+
+TRACES, SFT, PREFERENCES = "traces.jsonl", "sft.jsonl", "preferences.jsonl"
+ExportFormat = Literal["hf", "parquet"]
+# config fields that may appear on a dataset card (never options such as api keys)
+CARD_FIELDS = ("model", "constitution", "constitution_name", "revisions", "sampling", "seed", "few_shot", "params")
+
+
+def _sft(record: dict[str, Any]) -> list[dict[str, Any]]:
+    return [Trace.from_dict(record).sft_record()]
+
+
+def _preference(record: dict[str, Any]) -> list[dict[str, Any]]:
+    pair = Trace.from_dict(record).preference_record()
+    return [pair] if pair else []
+
+
+def generate_writers() -> list[OutputWriter]:
+    return [
+        OutputWriter(TRACES, lambda record: [record]),
+        OutputWriter(SFT, _sft),
+        OutputWriter(PREFERENCES, _preference),
+    ]
+
+
+def run_counts(store: RunStore) -> dict[str, int]:
+    counts = {"samples_done": 0, "samples_failed": 0, "sft_rows": 0, "preference_pairs": 0, "early_stopped": 0}
+    for row in store.samples():
+        if row.status != "done":
+            counts["samples_failed"] += 1
+            continue
+        counts["samples_done"] += 1
+        counts["sft_rows"] += 1
+        counts["preference_pairs"] += int(row.counters.get("revised", 0))
+        counts["early_stopped"] += int(row.counters.get("early_stopped", 0))
+    return counts
+
+
+def dataset_card(config: dict[str, Any], counts: dict[str, int], fmt: ExportFormat) -> str:
+    safe = {k: config[k] for k in CARD_FIELDS if k in config}
+    files = {"hf": ("sft", "preferences"), "parquet": ("sft.parquet", "preferences.parquet")}[fmt]
+    constitution = safe.get("constitution", "?")
+    lines = [
+        "---",
+        "tags: [constitutional-ai, sl-cai, cai]",
+        "configs:",
+        "- config_name: sft",
+        f"  data_files: {files[0] if fmt == 'parquet' else files[0] + '/*.arrow'}",
+        "- config_name: preferences",
+        f"  data_files: {files[1] if fmt == 'parquet' else files[1] + '/*.arrow'}",
+        "---",
+        "",
+        "# Critique-revise (SL-CAI) data made with cai",
+        "",
+        f"- constitution: `{constitution}` (name@version#hash)",
+        f"- model: `{safe.get('model', '?')}`",
+        f"- revisions: {safe.get('revisions')}, principle sampling: {safe.get('sampling')}, "
+        f"seed: {safe.get('seed')}, few-shot: {safe.get('few_shot')}",
+        f"- generation params: `{json.dumps(safe.get('params', {}), sort_keys=True)}`",
+        f"- exported: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
+        "",
+        "| what | count |",
+        "|---|---|",
+        *[f"| {k.replace('_', ' ')} | {v} |" for k, v in counts.items()],
+        "",
+        "`sft`: TRL conversational SFT rows (`messages`: prompt turns + the final revised answer).",
+        "`preferences`: TRL conversational preference rows (`prompt`, `chosen` = final revision,",
+        "`rejected` = initial answer), only for samples whose answer was revised.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_run(run_dir: str | Path, to: str | Path, fmt: ExportFormat = "hf") -> dict[str, int]:
+    """Export a run's done samples (from its store, the source of truth) with a dataset card."""
+    from datasets import Dataset
+
+    run_dir, to = Path(run_dir), Path(to)
+    if not (run_dir / "state.sqlite").exists():
+        raise FileNotFoundError(f"{run_dir} is not a cai run directory (no state.sqlite)")
+    if fmt not in ("hf", "parquet"):
+        raise ValueError(f"unknown export format {fmt!r}; use hf or parquet")
+    with RunStore(run_dir, read_only=True) as store:
+        traces = [Trace.from_dict(r.record or {}) for r in store.samples("done")]
+        config, counts = store.config, run_counts(store)
+    sft = [t.sft_record() for t in traces]
+    prefs = [p for p in (t.preference_record() for t in traces) if p]
+    to.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("sft", sft), ("preferences", prefs)):
+        ds = Dataset.from_list(rows) if rows else Dataset.from_dict({k: [] for k in _empty_columns(name)})
+        if fmt == "hf":
+            ds.save_to_disk(str(to / name))
+        else:
+            ds.to_parquet(str(to / f"{name}.parquet"))
+    (to / "README.md").write_text(dataset_card(config, counts, fmt), encoding="utf-8")
+    return {"sft": len(sft), "preferences": len(prefs)}
+
+
+def _empty_columns(name: str) -> tuple[str, ...]:
+    return ("messages",) if name == "sft" else ("prompt", "chosen", "rejected")
