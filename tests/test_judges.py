@@ -375,3 +375,35 @@ def test_verdict_serialises():
     assert v.to_dict()["margin"] == 0.5 and v.winner == "a" and not v.tie
     assert PairwiseVerdict(0.51, "ok", True).tie
     assert GenParams().max_tokens  # contract sanity
+
+
+# --- reward model (a real, tiny, randomly initialised HF sequence classifier) --------------
+
+
+@pytest.fixture(scope="module")
+def tiny_rm_dir(tmp_path_factory, embedded_hf_dir):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    path = tmp_path_factory.mktemp("tiny_rm")
+    tokenizer = AutoTokenizer.from_pretrained(embedded_hf_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+async def test_reward_model_judge_batches_and_matches_single_scores(tiny_rm_dir):
+    import asyncio
+
+    judge = load_judge(f"rm:{tiny_rm_dir}", batch_size=4)
+    items = [("Hi", "Hello there!"), ([{"role": "user", "content": "2+2?"}], "4"), ("Hi", "Go away."),
+             ("Tell me a story", "Once upon a time " * 20), ("x", "y")]
+    batched = await judge.score_many(items)
+    concurrent = await asyncio.gather(*(judge.score(p, r) for p, r in items))
+    assert all(s.ok and isinstance(s.value, float) for s in batched)
+    assert [s.value for s in concurrent] == pytest.approx([s.value for s in batched], abs=1e-4)
+    assert len({round(s.value, 6) for s in batched}) > 1  # depends on the input
+    with pytest.raises(FileNotFoundError):
+        load_judge("rm:/no/such/dir")

@@ -1,0 +1,134 @@
+"""Pairwise judging cost: both-order one-token log-prob judging vs free-text judging.
+
+Against a real vLLM OpenAI-compatible server serving the embedded model (started here on
+loopback unless --base-url is given), on hh-rlhf pairs from ../shared/data:
+
+  logprob    2 calls per pair (both orders), max_tokens=1, soft label from the A/B log-probs
+  free-text  2 calls per pair (both orders), the judge writes its reasoning and a verdict
+             (up to --verdict-tokens tokens), which is parsed
+
+Each path gets a disjoint, interleaved third of the pairs so that vLLM's prefix cache never
+serves one path another's prompts. "logprob" and "free-text" prime the prefix cache (one order
+first, then the other); "logprob-unprimed" sends both orders at once. Prints calls and tokens per pair,
+pairs/s, and the ratio (target: log-prob >= 5x the pairs/s of free-text).
+
+    python bench/judges.py [--pairs 48] [--base-url http://127.0.0.1:PORT/v1 --model NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+# run as a script, this file's folder comes first on sys.path and "judges" would be this file
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from cai.models import load_model  # noqa: E402
+from judges.data import read_candidate_sets  # noqa: E402
+from judges.pairwise import LLMPairwiseJudge  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hh_rlhf_harmless_test_dev.jsonl"
+
+
+def start_vllm(max_model_len: int) -> tuple[subprocess.Popen, str, Path]:
+    from cai.models.hf import export_embedded
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = Path(tempfile.mkdtemp()) / "vllm.log"
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(export_embedded()),
+           "--served-model-name", "embedded", "--host", "127.0.0.1", "--port", str(port),
+           "--max-model-len", str(max_model_len), "--enable-prefix-caching"]
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"})
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vLLM exited ({proc.returncode}); see {log}")
+        try:
+            if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+                return proc, base_url, log
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    proc.terminate()
+    raise RuntimeError(f"vLLM did not start within 600 s; see {log}")
+
+
+async def run_path(judge: LLMPairwiseJudge, pairs, concurrency: int) -> dict[str, float]:
+    start = time.monotonic()
+    verdicts = await judge.compare_many([(p.prompt, p.candidates[0], p.candidates[1]) for p in pairs], concurrency=concurrency)
+    wall = time.monotonic() - start
+    n = len(verdicts)
+    return {
+        "pairs": n,
+        "wall_s": wall,
+        "pairs_per_s": n / wall,
+        "calls_per_pair": sum(v.usage.calls for v in verdicts) / n,
+        "prompt_tokens_per_pair": sum(v.usage.prompt_tokens for v in verdicts) / n,
+        "completion_tokens_per_pair": sum(v.usage.completion_tokens for v in verdicts) / n,
+        "ok": sum(v.ok for v in verdicts) / n,
+        "consistent": sum(bool(v.consistent) for v in verdicts) / n,
+    }
+
+
+async def bench(args: argparse.Namespace, base_url: str) -> None:
+    model = load_model(f"openai:{args.model}", base_url=base_url, api_key="none", max_concurrency=args.concurrency)
+    sets, _ = read_candidate_sets(args.data, limit=3 * args.pairs + 4)
+    warmup, rest = sets[:4], sets[4:]
+    logprob = LLMPairwiseJudge(model)
+    unprimed = LLMPairwiseJudge(model, prime_prefix=False)
+    free_text = LLMPairwiseJudge(model, logprobs=False, cot=True, clamp_range=False, cot_max_tokens=args.verdict_tokens)
+    await logprob.compare_many([(p.prompt, p.candidates[0], p.candidates[1]) for p in warmup])
+    results = {
+        "logprob": await run_path(logprob, rest[0::3], args.concurrency),
+        "free-text": await run_path(free_text, rest[1::3], args.concurrency),
+        "logprob-unprimed": await run_path(unprimed, rest[2::3], args.concurrency),
+    }
+    await model.aclose()
+    keys = ["pairs", "calls_per_pair", "prompt_tokens_per_pair", "completion_tokens_per_pair", "pairs_per_s", "wall_s", "ok", "consistent"]
+    print(f"{'':28}" + "".join(f"{name:>18}" for name in results))
+    for key in keys:
+        print(f"{key:28}" + "".join(f"{r[key]:18.3f}" if isinstance(r[key], float) else f"{r[key]:18}" for r in results.values()))
+    lp, ft = results["logprob"], results["free-text"]
+    ratio = lp["pairs_per_s"] / ft["pairs_per_s"]
+    print(f"\npairs/s ratio logprob / free-text: {ratio:.1f}x (target >= 5x)  "
+          f"completion tokens per pair: {lp['completion_tokens_per_pair']:.0f} vs {ft['completion_tokens_per_pair']:.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=48, help="pairs per path")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--verdict-tokens", type=int, default=256, help="free-text verdict budget")
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--base-url", default=None, help="use a running server instead of starting one")
+    parser.add_argument("--model", default="embedded", help="served model name")
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    args = parser.parse_args()
+    proc = None
+    base_url = args.base_url
+    if base_url is None:
+        t0 = time.monotonic()
+        proc, base_url, log = start_vllm(args.max_model_len)
+        print(f"vLLM up at {base_url} in {time.monotonic() - t0:.0f} s (log {log})")
+    try:
+        asyncio.run(bench(args, base_url))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
