@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
-from cai.models.base import (
-    Capabilities,
-    ChatModel,
-    Completion,
-    ContextLengthError,
-    GenParams,
-    Message,
-    PermanentModelError,
-)
+from cai.models.base import Completion, GenParams, Message, PermanentModelError
 from cai.models.batching import MicroBatcher
 from cai.models.embedded import export_embedded
 from cai.models.hf_decode import BatchDecoder, DecodeRequest
+from cai.models.local import LocalChatModel
 
 __all__ = ["HFChatModel", "export_embedded", "load_embedded", "load_hf"]
-
-MAX_TOP_LOGPROBS = 20
 
 
 def _default_device() -> str:
@@ -46,7 +36,7 @@ def _resolve_dtype(dtype: Any, device: str) -> Any:
     return dtype
 
 
-class HFChatModel(ChatModel):
+class HFChatModel(LocalChatModel):
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -81,7 +71,7 @@ class HFChatModel(ChatModel):
             eos_ids.add(self.tokenizer.eos_token_id)
         pad_id = self.tokenizer.pad_token_id
         pad_id = pad_id if pad_id is not None else min(eos_ids, default=0)
-        self._max_context = max_context or getattr(self.model.config, "max_position_embeddings", None)
+        self.max_context = max_context or getattr(self.model.config, "max_position_embeddings", None)
         self._decoder = BatchDecoder(self.model, self.tokenizer, eos_ids, pad_id)
         self._batcher: MicroBatcher[DecodeRequest, Completion] = MicroBatcher(
             self._decoder.run,
@@ -90,43 +80,14 @@ class HFChatModel(ChatModel):
         )
 
     @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(
-            logprobs=True, max_top_logprobs=MAX_TOP_LOGPROBS, max_context=self._max_context
-        )
-
-    @property
     def batch_sizes(self) -> list[int]:
         """Sizes of the batches run so far (to check that micro-batching happens)."""
         return self._batcher.batch_sizes
 
-    def _encode(self, messages: Sequence[Message]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
-        )
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def count_tokens(self, messages: Sequence[Message]) -> int | None:
-        return len(self._encode(messages))
-
-    def _request(self, messages: Sequence[Message], params: GenParams) -> DecodeRequest:
-        if params.top_logprobs > MAX_TOP_LOGPROBS:
-            raise PermanentModelError(
-                f"top_logprobs={params.top_logprobs} exceeds the maximum {MAX_TOP_LOGPROBS}", reason="bad_request"
-            )
-        ids = self._encode(messages)
-        max_new = params.max_tokens
-        if self._max_context is not None:
-            room = self._max_context - len(ids)
-            if room <= 0:
-                raise ContextLengthError(
-                    f"prompt is {len(ids)} tokens; {self.spec} has a context of {self._max_context} tokens"
-                )
-            max_new = min(max_new, room)
-        return DecodeRequest(ids, params, max(1, max_new), self.spec)
-
     async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
-        request = self._request(messages, params or GenParams())
+        params = params or GenParams()
+        ids, max_new = self._prepare(messages, params)
+        request = DecodeRequest(ids, params, max_new, self.spec)
         return await asyncio.wrap_future(self._batcher.submit(request))
 
     async def aclose(self) -> None:

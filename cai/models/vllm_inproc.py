@@ -17,20 +17,10 @@ import threading
 import uuid
 from typing import Any, Coroutine, Sequence, TypeVar
 
-from cai.models.base import (
-    Capabilities,
-    ChatModel,
-    Completion,
-    ContextLengthError,
-    GenParams,
-    Message,
-    PermanentModelError,
-    TokenLogprob,
-    Usage,
-)
+from cai.models.base import Completion, GenParams, Message, PermanentModelError, TokenLogprob, Usage
+from cai.models.local import LocalChatModel
 
 T = TypeVar("T")
-MAX_TOP_LOGPROBS = 20
 
 
 class _LoopThread:
@@ -57,7 +47,9 @@ class _LoopThread:
         self._thread.join(30)
 
 
-class VLLMChatModel(ChatModel):
+class VLLMChatModel(LocalChatModel):
+    structured_output = True
+
     def __init__(
         self,
         model: str,
@@ -99,7 +91,7 @@ class VLLMChatModel(ChatModel):
         except Exception as exc:
             self._thread.stop()
             raise PermanentModelError(f"cannot start vLLM for {model!r}: {exc}") from exc
-        self._max_context = self.engine.model_config.max_model_len
+        self.max_context = self.engine.model_config.max_model_len
 
     @staticmethod
     async def _start(args: Any) -> Any:
@@ -107,30 +99,11 @@ class VLLMChatModel(ChatModel):
 
         return AsyncLLM.from_engine_args(args)
 
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(
-            logprobs=True, max_top_logprobs=MAX_TOP_LOGPROBS, max_context=self._max_context, structured_output=True
-        )
-
-    def _encode(self, messages: Sequence[Message]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
-        )
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def count_tokens(self, messages: Sequence[Message]) -> int | None:
-        return len(self._encode(messages))
-
-    def _sampling(self, params: GenParams, room: int) -> Any:
+    def _sampling(self, params: GenParams, max_tokens: int) -> Any:
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
-        if params.top_logprobs > MAX_TOP_LOGPROBS:
-            raise PermanentModelError(
-                f"top_logprobs={params.top_logprobs} exceeds the maximum {MAX_TOP_LOGPROBS}", reason="bad_request"
-            )
         return SamplingParams(
-            max_tokens=max(1, min(params.max_tokens, room)),
+            max_tokens=max_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
             stop=list(params.stop) or None,
@@ -164,13 +137,8 @@ class VLLMChatModel(ChatModel):
 
     async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
         params = params or GenParams()
-        ids = self._encode(messages)
-        room = self._max_context - len(ids)
-        if room <= 0:
-            raise ContextLengthError(
-                f"prompt is {len(ids)} tokens; {self.spec} has a context of {self._max_context} tokens"
-            )
-        sampling = self._sampling(params, room)
+        ids, max_tokens = self._prepare(messages, params)
+        sampling = self._sampling(params, max_tokens)
         try:
             return await self._thread.run_async(self._generate(ids, sampling, params.logprobs))
         except (asyncio.CancelledError, PermanentModelError):
