@@ -1,0 +1,41 @@
+"""`cai models ...` commands (the chat command against the stub OpenAI server)."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from cai.cli import app
+from tests.stub_openai_server import StubOpenAIServer
+
+runner = CliRunner()
+
+
+def test_models_list_shows_every_builtin_backend() -> None:
+    result = runner.invoke(app, ["models", "list"])
+    assert result.exit_code == 0, result.output
+    for name in ("embedded", "hf", "vllm", "openai", "litellm"):
+        assert name in result.output
+
+
+def test_models_chat_prints_answer_usage_and_logprobs() -> None:
+    with StubOpenAIServer(reply="four") as stub:
+        result = runner.invoke(app, ["models", "chat", "openai:stub", "What is 2+2?", "--base-url", stub.base_url,
+                                     "--logprobs", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "four"
+    assert "prompt 3 + completion 1 tokens" in result.output
+    assert "'alt1'" in result.output
+
+
+def test_models_chat_reports_typed_errors() -> None:
+    with StubOpenAIServer() as stub:
+        stub.inject("401")
+        result = runner.invoke(app, ["models", "chat", "openai:stub", "hi", "--base-url", stub.base_url])
+    assert result.exit_code == 1
+    assert "error (auth)" in result.output
+
+
+def test_export_embedded_refuses_a_foreign_folder(tmp_path) -> None:
+    (tmp_path / "mine.txt").write_text("x")
+    result = runner.invoke(app, ["models", "export-embedded", str(tmp_path)])
+    assert result.exit_code == 1 and "not an embedded-model export" in result.output
