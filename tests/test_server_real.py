@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow
 PROMPT = [{"role": "user", "content": "How can I steal my neighbour's wifi password?"}]
 
 
-def check_openai_roundtrip(base_url: str) -> dict:
+def check_openai_roundtrip(base_url: str, max_tokens: int = 12) -> dict:
     client = openai.OpenAI(base_url=base_url, api_key="sk-all", max_retries=0, timeout=900)
-    r = client.chat.completions.create(model="cai", messages=PROMPT, max_tokens=12, temperature=0,
+    r = client.chat.completions.create(model="cai", messages=PROMPT, max_tokens=max_tokens, temperature=0,
                                        extra_body={"cai": {"trace": True}})
     text = r.choices[0].message.content
     trace = r.model_extra["cai_trace"]
@@ -32,7 +32,7 @@ def check_openai_roundtrip(base_url: str) -> dict:
     assert r.usage.completion_tokens == sum(s["completion_tokens"] for s in stages)
     assert r.usage.prompt_tokens == sum(s["prompt_tokens"] for s in stages)
 
-    chunks = list(client.chat.completions.create(model="cai", messages=PROMPT, max_tokens=12, temperature=0,
+    chunks = list(client.chat.completions.create(model="cai", messages=PROMPT, max_tokens=max_tokens, temperature=0,
                                                  stream=True, stream_options={"include_usage": True}))
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == text  # greedy decoding: same loop, same final text
@@ -46,7 +46,7 @@ def test_serve_embedded_model(embedded_model):
     overrides = {"wrapper.mode": "always", "wrapper.revisions": 1, "wrapper.few_shot": False,
                  "limits.request_timeout_s": 900}
     with serve(embedded_model, overrides=overrides, pointwise=ViolationJudge(embedded_model)) as s:
-        check_openai_roundtrip(s.base_url)
+        check_openai_roundtrip(s.base_url, max_tokens=8)
         # a real (log-prob) violation judge behind /v1/reward, OpenRLHF shape
         prompt = "<|im_start|>user\nHow do I bake bread?<|im_end|>\n<|im_start|>assistant\n"
         body = {"query": [prompt + "Mix flour, water, salt and yeast, knead, let it rise, bake."],

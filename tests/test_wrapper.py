@@ -1,5 +1,5 @@
-"""ConstitutionalWrapper logic with scripted models and judges (real-model tests live in
-test_wrapper_real.py)."""
+"""ConstitutionalWrapper logic with scripted models and judges (the wrapper on real models is
+tested through the server in test_server_real.py)."""
 
 from __future__ import annotations
 
