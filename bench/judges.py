@@ -19,50 +19,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-# run as a script, this file's folder comes first on sys.path and "judges" would be this file
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# run as a script, this file's folder comes first on sys.path and "judges" would be this file;
+# the repository root goes there instead (for tests.vllm_server)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from cai.models import load_model  # noqa: E402
 from judges.data import read_candidate_sets  # noqa: E402
 from judges.pairwise import LLMPairwiseJudge  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hh_rlhf_harmless_test_dev.jsonl"
-
-
-def start_vllm(max_model_len: int) -> tuple[subprocess.Popen, str, Path]:
-    from cai.models.hf import export_embedded
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = Path(tempfile.mkdtemp()) / "vllm.log"
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(export_embedded()),
-           "--served-model-name", "embedded", "--host", "127.0.0.1", "--port", str(port),
-           "--max-model-len", str(max_model_len), "--enable-prefix-caching"]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"})
-    base_url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vLLM exited ({proc.returncode}); see {log}")
-        try:
-            if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                return proc, base_url, log
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    proc.terminate()
-    raise RuntimeError(f"vLLM did not start within 600 s; see {log}")
+DATA = ROOT / ".." / "shared" / "data" / "hh_rlhf_harmless_test_dev.jsonl"
 
 
 async def run_path(judge: LLMPairwiseJudge, pairs, concurrency: int) -> dict[str, float]:
@@ -116,18 +86,21 @@ def main() -> None:
     parser.add_argument("--model", default="embedded", help="served model name")
     parser.add_argument("--max-model-len", type=int, default=4096)
     args = parser.parse_args()
-    proc = None
+    server = None
     base_url = args.base_url
     if base_url is None:
+        from cai.models.hf import export_embedded
+        from tests.vllm_server import VLLMServer
+
         t0 = time.monotonic()
-        proc, base_url, log = start_vllm(args.max_model_len)
-        print(f"vLLM up at {base_url} in {time.monotonic() - t0:.0f} s (log {log})")
+        server = VLLMServer(export_embedded(), max_model_len=args.max_model_len, kv_cache_gib=2, start_timeout=900).start()
+        base_url = server.base_url
+        print(f"vLLM up at {base_url} in {time.monotonic() - t0:.0f} s (log {server.log_path})")
     try:
         asyncio.run(bench(args, base_url))
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=60)
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from judges.base import PairwiseJudge, PointwiseJudge
 
 ENTRY_POINT_GROUP = "cai.judges"
 KINDS = ("pairwise", "pointwise", "violation", "rm", "rules")
-LLM_KINDS = ("pairwise", "pointwise", "violation")
 
 
 class JudgeSpecError(ValueError):

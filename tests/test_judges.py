@@ -407,3 +407,11 @@ async def test_reward_model_judge_batches_and_matches_single_scores(tiny_rm_dir)
     assert len({round(s.value, 6) for s in batched}) > 1  # depends on the input
     with pytest.raises(FileNotFoundError):
         load_judge("rm:/no/such/dir")
+
+
+def test_principles_from_shipped_constitution():
+    from cai.constitution import load_constitution
+
+    judge = LLMPairwiseJudge(ScriptedModel(["A"]), constitution="harmless", k=3)
+    assert judge.principles == [p.question for p in load_constitution("harmless").judge_principles]
+    assert len(judge.principles) > 3 and judge.k == 3

@@ -30,9 +30,7 @@ def _judge_options(spec: str, constitution: str | None, k: int, cot: bool, seed:
         return {}
     options: dict[str, Any] = {"k": k, "seed": seed}
     if constitution:
-        from cai.constitution import load_constitution
-
-        options["principles"] = [p.question for p in load_constitution(constitution).judge_principles] or None
+        options["constitution"] = constitution
     if cot:
         options["cot"] = True
     return options
