@@ -49,13 +49,13 @@ def _strip_credentials(url: str) -> str:
 
 
 def run_config(
-    model: ChatModel, constitution: Constitution, *, revisions: int, sampling: str, seed: int,
+    model_spec: str, constitution: Constitution, *, revisions: int, sampling: str, seed: int,
     few_shot: bool, params: GenParams, model_options: dict[str, Any],
 ) -> dict[str, Any]:
     recorded = {k: _strip_credentials(str(v)) for k, v in model_options.items() if k in _RECORDED_OPTIONS and v}
     return {
         "task": "generate",
-        "model": model.spec,
+        "model": model_spec,
         "model_options": recorded,
         "constitution": constitution.id,
         "constitution_name": constitution.name,
@@ -79,6 +79,35 @@ def _to_records(prompts: PromptsLike, prompt_field: str, messages_field: str, on
     for i, p in enumerate(prompts[:limit] if limit is not None else prompts):
         records.append(p if isinstance(p, PromptRecord) else PromptRecord(str(i), normalize_prompt(p), f"item {i}"))
     return records, []
+
+
+async def _run(
+    store: RunStore, records: list[PromptRecord], model: ChatModel | None, constitution: Constitution, *,
+    out: str | Path | None, revisions: int, sampling: Sampling, seed: int, few_shot: bool, params: GenParams,
+    concurrency: int, progress: bool,
+) -> RunSummary:
+    cached = CachedModel(model, store) if model is not None else None
+    sources = {r.id: r.source for r in records}
+
+    async def work(sample: Sample) -> Outcome:
+        assert cached is not None, "a sample to do but no model loaded"
+        trace = await revise(cached, sample.data, constitution, revisions=revisions, sampling=sampling,
+                             seed=seed, few_shot=few_shot, params=params, sample_id=sample.id)
+        trace.metadata["source"] = sources[sample.id]
+        counters = {
+            "revised": float(trace.revised),
+            "early_stopped": float(trace.stop_reason == "early_stop"),
+            "degenerate_revisions": float(sum(s.note.startswith("degenerate") for s in trace.steps)),
+        }
+        return Outcome(record=trace.to_dict(), failed=trace.error if not trace.ok else None,
+                       counters=counters, usage=trace.usage)
+
+    runner = Runner(store, generate_writers() if out is not None else (), concurrency=concurrency,
+                    progress=progress, title="generate", show_counters=["revised", "early_stopped"])
+    summary = await runner.run([Sample(r.id, r.messages) for r in records], work)
+    if progress:
+        runner.print_summary(summary)
+    return summary
 
 
 async def agenerate_run(
@@ -111,43 +140,29 @@ async def agenerate_run(
     model_options = dict(model_options or {})
     records, skipped = _to_records(prompts, prompt_field, messages_field, on_bad_line, limit)
 
-    owned = not isinstance(model, ChatModel)
-    chat_model = load_model(model, **model_options) if owned else model
-    try:
-        config = run_config(chat_model, constitution, revisions=revisions, sampling=sampling, seed=seed,
-                            few_shot=few_shot, params=params, model_options=model_options)
-        with RunStore(out, config, new_run=new_run) as store:
-            cached = CachedModel(chat_model, store)
-            sources = {r.id: r.source for r in records}
-
-            async def work(sample: Sample) -> Outcome:
-                trace = await revise(cached, sample.data, constitution, revisions=revisions, sampling=sampling,
-                                     seed=seed, few_shot=few_shot, params=params, sample_id=sample.id)
-                trace.metadata["source"] = sources[sample.id]
-                counters = {
-                    "revised": float(trace.revised),
-                    "early_stopped": float(trace.stop_reason == "early_stop"),
-                    "degenerate_revisions": float(sum(s.note.startswith("degenerate") for s in trace.steps)),
-                }
-                return Outcome(record=trace.to_dict(), failed=trace.error if not trace.ok else None,
-                               counters=counters, usage=trace.usage)
-
-            runner = Runner(store, generate_writers() if out is not None else (), concurrency=concurrency,
-                            progress=progress, title="generate", show_counters=["revised", "early_stopped"])
-            summary = await runner.run([Sample(r.id, r.messages) for r in records], work)
-            if progress:
-                runner.print_summary(summary)
-            traces = []
-            for r in records:
-                row = store.sample(r.id)
-                if row is not None and row.record and "prompt" in row.record:
-                    traces.append(Trace.from_dict(row.record))
-                else:  # failed before any trace existed (an unexpected error)
-                    traces.append(Trace(id=r.id, prompt=r.messages, stop_reason="failed",
-                                        error=row.reason if row else "not_run"))
-    finally:
-        if owned:
-            await chat_model.aclose()
+    spec = model.spec if isinstance(model, ChatModel) else model.strip()
+    config = run_config(spec, constitution, revisions=revisions, sampling=sampling, seed=seed,
+                        few_shot=few_shot, params=params, model_options=model_options)
+    with RunStore(out, config, new_run=new_run) as store:
+        # a finished run needs no model: do not pay for loading one
+        todo = any((row := store.sample(r.id)) is None or row.status != "done" for r in records)
+        owned = not isinstance(model, ChatModel)
+        chat_model = model if not owned else load_model(model, **model_options) if todo else None
+        try:
+            summary = await _run(store, records, chat_model, constitution, out=out, revisions=revisions,
+                                 sampling=sampling, seed=seed, few_shot=few_shot, params=params,
+                                 concurrency=concurrency, progress=progress)
+        finally:
+            if owned and chat_model is not None:
+                await chat_model.aclose()
+        traces = []
+        for r in records:
+            row = store.sample(r.id)
+            if row is not None and row.record and "prompt" in row.record:
+                traces.append(Trace.from_dict(row.record))
+            else:  # failed before any trace existed (an unexpected error)
+                traces.append(Trace(id=r.id, prompt=r.messages, stop_reason="failed",
+                                    error=row.reason if row else "not_run"))
     return GenerateResult(traces, summary, skipped, Path(out) if out is not None else None)
 
 
