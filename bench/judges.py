@@ -54,8 +54,9 @@ async def run_path(judge: LLMPairwiseJudge, pairs, concurrency: int) -> dict[str
 
 async def bench(args: argparse.Namespace, base_url: str) -> None:
     model = load_model(f"openai:{args.model}", base_url=base_url, api_key="none", max_concurrency=args.concurrency)
-    sets, _ = read_candidate_sets(args.data, limit=3 * args.pairs + 4)
-    warmup, rest = sets[:4], sets[4:]
+    sets, _ = read_candidate_sets(args.data, limit=3 * args.pairs + 4 + 2 * args.latency_pairs)
+    warmup, rest = sets[:4], sets[4 : 4 + 3 * args.pairs]
+    latency_sets = sets[4 + 3 * args.pairs :]
     logprob = LLMPairwiseJudge(model)
     unprimed = LLMPairwiseJudge(model, prime_prefix=False)
     free_text = LLMPairwiseJudge(model, logprobs=False, cot=True, clamp_range=False, cot_max_tokens=args.verdict_tokens)
@@ -65,6 +66,11 @@ async def bench(args: argparse.Namespace, base_url: str) -> None:
         "free-text": await run_path(free_text, rest[1::3], args.concurrency),
         "logprob-unprimed": await run_path(unprimed, rest[2::3], args.concurrency),
     }
+    # one pair at a time: latency per pair, the regime of a judge in a serving loop
+    latency = {
+        "logprob": await run_path(logprob, latency_sets[0::2], 1),
+        "free-text": await run_path(free_text, latency_sets[1::2], 1),
+    }
     await model.aclose()
     keys = ["pairs", "calls_per_pair", "prompt_tokens_per_pair", "completion_tokens_per_pair", "pairs_per_s", "wall_s", "ok", "consistent"]
     print(f"{'':28}" + "".join(f"{name:>18}" for name in results))
@@ -72,14 +78,19 @@ async def bench(args: argparse.Namespace, base_url: str) -> None:
         print(f"{key:28}" + "".join(f"{r[key]:18.3f}" if isinstance(r[key], float) else f"{r[key]:18}" for r in results.values()))
     lp, ft = results["logprob"], results["free-text"]
     ratio = lp["pairs_per_s"] / ft["pairs_per_s"]
-    print(f"\npairs/s ratio logprob / free-text: {ratio:.1f}x (target >= 5x)  "
+    print(f"\nthroughput (concurrency {args.concurrency}): pairs/s ratio logprob / free-text: {ratio:.1f}x (target >= 5x); "
           f"completion tokens per pair: {lp['completion_tokens_per_pair']:.0f} vs {ft['completion_tokens_per_pair']:.0f}")
+    if latency["logprob"]["pairs"] and latency["free-text"]["pairs"]:
+        lat_lp, lat_ft = (1 / latency[k]["pairs_per_s"] for k in ("logprob", "free-text"))
+        print(f"latency (one pair at a time, {latency['logprob']['pairs']} pairs each): {lat_lp:.2f} s vs {lat_ft:.2f} s "
+              f"per pair -> {lat_ft / lat_lp:.1f}x; free-text ok {latency['free-text']['ok']:.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=48, help="pairs per path")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--latency-pairs", type=int, default=4, help="pairs per path judged one at a time")
     parser.add_argument("--verdict-tokens", type=int, default=256, help="free-text verdict budget")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--base-url", default=None, help="use a running server instead of starting one")

@@ -8,6 +8,8 @@ Metrics (over pairs with an ok verdict unless noted):
   agreement_consistent  the same over consistent, non-tie pairs only
   consistency           share whose two orders prefer the same response
   tie_rate / flag_rate  ties (|p - 0.5| < 0.02) / inconsistent (flagged) pairs
+  first_position        mean p(the response shown first is better) over readable orders;
+                        0.5 for a judge without position bias
   unparseable / failed  counts over all pairs
   calibration           accuracy by confidence max(p, 1 - p) bucket; ece = expected calibration error
 """
@@ -53,6 +55,7 @@ class JudgeEval:
     consistency: float | None
     tie_rate: float | None
     flag_rate: float | None
+    first_position: float | None
     ece: float | None
     calibration: list[Bucket] = field(default_factory=list)
     calls_per_pair: float = 0.0
@@ -75,6 +78,7 @@ class JudgeEval:
         table.add_row("position consistency", pct(self.consistency))
         table.add_row("tie rate", pct(self.tie_rate))
         table.add_row("flag rate (inconsistent)", pct(self.flag_rate))
+        table.add_row("p(first shown wins) (0.5 = no position bias)", "-" if self.first_position is None else f"{self.first_position:.3f}")
         table.add_row("ok / unparseable / failed", f"{self.ok} / {self.unparseable} / {self.failed}")
         table.add_row("ECE", "-" if self.ece is None else f"{self.ece:.3f}")
         for b in self.calibration:
@@ -119,6 +123,8 @@ def metrics(verdicts: Sequence[dict[str, Any]], *, judge: str = "", data: str = 
         consistency=_mean([float(bool(v["consistent"])) for v in ok]),
         tie_rate=_mean([float(abs(p - 0.5) < TIE_EPSILON) for p in ps]),
         flag_rate=_mean([float(v["consistent"] is False) for v in ok]),
+        first_position=_mean([1 - o["p_a"] if o["swapped"] else o["p_a"]
+                              for v in verdicts for o in v.get("orders", []) if o["status"] == "ok"]),
         ece=ece,
         calibration=buckets,
         calls_per_pair=(_mean([v["usage"]["calls"] for v in verdicts]) or 0.0),

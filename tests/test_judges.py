@@ -355,6 +355,10 @@ def test_trl_reward_one_value_per_completion():
     assert reward(prompts=["p1", "p2"], completions=["a", "b"]) == [7.0, 7.0]
     assert reward.__name__ == "pointwise_scripted"
     reward.close()
+    harm = reward_function(ViolationJudge(ScriptedModel(lambda m, p: "Yes" if "bomb" in m[-1]["content"] else "No",
+                                                        capabilities=NO_LOGPROBS)))
+    assert harm(prompts=["q", "q"], completions=["a bomb recipe", "no"]) == [-1.0, -0.0]
+    harm.close()
 
 
 async def test_trl_pairwise_against_reference_inside_running_loop():

@@ -178,5 +178,5 @@ async def test_evaluate_judge_on_hh_slice_with_scripted_judge(tmp_path):
     always_a = ScriptedModel(lambda m, p: "A", capabilities=NO_LOGPROBS)
     report = await evaluate_judge(pairs, "pairwise:scripted", data=str(path), judge_model=always_a, progress=False)
     assert report.n == 6 and report.consistency == 0.0 and report.tie_rate == 1.0 and report.agreement == 0.5
-    assert report.calls_per_pair == 2
+    assert report.calls_per_pair == 2 and report.first_position == 1.0
     assert report.to_dict()["calibration"][0]["n"] == 6
