@@ -85,6 +85,9 @@ class _CallLog(ChatModel):
     def capabilities(self) -> Capabilities:
         return self.model.capabilities
 
+    def count_tokens(self, messages: Sequence[Message]) -> int | None:
+        return self.model.count_tokens(messages)
+
     async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
         if self.prefill is not None:
             out, self.prefill = self.prefill, None
@@ -143,6 +146,9 @@ class ConstitutionalWrapper(ChatModel):
     def capabilities(self) -> Capabilities:
         # log-probs of the upstream's first answer do not describe a revised text
         return Capabilities(max_context=self.model.capabilities.max_context)
+
+    def count_tokens(self, messages: Sequence[Message]) -> int | None:
+        return self.model.count_tokens(messages)
 
     async def aclose(self) -> None:
         await self.model.aclose()
