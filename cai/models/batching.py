@@ -1,8 +1,8 @@
 """Dynamic micro-batching for in-process backends.
 
 Requests from any thread or event loop go into one queue; a single worker thread takes the
-first waiting request, gathers whatever else arrives within ``window_s`` (up to
-``max_batch_size``), and runs them as one batch. While a batch runs, new requests queue up
+first waiting request and keeps gathering while more arrive less than ``window_s`` apart
+(at most ``max_wait_s`` in all, up to ``max_batch_size``), then runs them as one batch. While a batch runs, new requests queue up
 and form the next batch. Results come back through ``concurrent.futures.Future`` objects, so
 callers on different event loops (e.g. pytest's per-test loops) share one model safely.
 """
@@ -28,6 +28,7 @@ class MicroBatcher(Generic[Req, Res]):
         *,
         max_batch_size: int = 16,
         window_s: float = 0.005,
+        max_wait_s: float = 0.05,
         name: str = "cai-microbatcher",
     ):
         if max_batch_size < 1:
@@ -35,6 +36,7 @@ class MicroBatcher(Generic[Req, Res]):
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.window_s = window_s
+        self.max_wait_s = max_wait_s
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -62,9 +64,9 @@ class MicroBatcher(Generic[Req, Res]):
 
     def _gather(self, first: tuple) -> tuple[list[tuple], bool]:
         items, stop = [first], False
-        deadline = time.monotonic() + self.window_s
+        cutoff = time.monotonic() + self.max_wait_s
         while len(items) < self.max_batch_size:
-            timeout = deadline - time.monotonic()
+            timeout = min(self.window_s, cutoff - time.monotonic())
             try:
                 item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:

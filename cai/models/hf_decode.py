@@ -37,8 +37,7 @@ class _Row:
 
 
 def _pick_token(logits: torch.Tensor, params: GenParams, generator: torch.Generator | None) -> int:
-    if params.temperature <= 0:
-        return int(torch.argmax(logits))
+    """Sample one token with temperature and top-p (greedy rows are picked batch-wide)."""
     probs = torch.softmax(logits / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
@@ -67,10 +66,10 @@ class BatchDecoder:
     def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    def _record(self, row: _Row, token: int, logp: torch.Tensor) -> None:
+    def _record(self, row: _Row, token: int, logp: torch.Tensor | None) -> None:
         params = row.req.params
         row.generated += 1
-        if params.logprobs:
+        if params.logprobs and logp is not None:
             top: dict[str, float] = {}
             if params.top_logprobs > 0:
                 values, ids = torch.topk(logp, params.top_logprobs)
@@ -132,12 +131,15 @@ class BatchDecoder:
                 logits_to_keep=1,
             )
             logits = out.logits[:, -1, :].float().cpu()
-            logp = torch.log_softmax(logits, dim=-1)
+            greedy = torch.argmax(logits, dim=-1).tolist()
+            want_logprobs = [rows[i].req.params.logprobs for i in active]
+            logp = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
             next_tokens = []
             for j, i in enumerate(active):
                 row = rows[i]
-                token = _pick_token(logits[j], row.req.params, row.generator)
-                self._record(row, token, logp[j])
+                params = row.req.params
+                token = greedy[j] if params.temperature <= 0 else _pick_token(logits[j], params, row.generator)
+                self._record(row, token, logp[j] if logp is not None else None)
                 next_tokens.append(token)
             keep = [j for j, i in enumerate(active) if rows[i].finish is None]
             if not keep:

@@ -66,16 +66,21 @@ class RetryConfig:
     retry_after_max: float = 120.0  # never sleep longer than this on a server's say-so
 
 
-def _wait(config: RetryConfig) -> Callable[[RetryCallState], float]:
-    def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            return min(max(0.0, retry_after), config.retry_after_max)
-        backoff = min(config.backoff_max, config.backoff_initial * 2 ** (state.attempt_number - 1))
-        return backoff * (0.5 + random.random() / 2)  # jitter: 50-100% of the backoff
+def backoff_delay(config: RetryConfig, exc: BaseException | None, failures: int) -> float:
+    """Seconds to wait after the ``failures``-th failed attempt: the server's Retry-After when
+    it sent one, else exponential backoff with jitter (50-100% of the nominal delay)."""
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        return min(max(0.0, retry_after), config.retry_after_max)
+    backoff = min(config.backoff_max, config.backoff_initial * 2 ** (failures - 1))
+    return backoff * (0.5 + random.random() / 2)
 
-    return wait
+
+async def _with_deadline(call: Callable[[], Awaitable[T]], seconds: float) -> T:
+    if hasattr(asyncio, "timeout"):  # 3.11+: no extra task per call, unlike wait_for
+        async with asyncio.timeout(seconds):
+            return await call()
+    return await asyncio.wait_for(call(), seconds)
 
 
 class CallPolicy:
@@ -115,7 +120,7 @@ class CallPolicy:
             if self.tokens and token_cost:
                 await self.tokens.acquire(token_cost)
             try:
-                return await asyncio.wait_for(call(), self.timeout)
+                return await _with_deadline(call, self.timeout)
             except asyncio.TimeoutError as exc:
                 raise TransientModelError(
                     f"no response within {self.timeout:g}s", reason="timeout"
@@ -123,10 +128,21 @@ class CallPolicy:
 
     async def run(self, call: Callable[[], Awaitable[T]], *, token_cost: int = 0) -> T:
         """``call`` must raise cai ModelErrors (map backend errors inside it)."""
+        try:  # the common case, without the retry machinery's per-call cost
+            return await self._attempt(call, token_cost)
+        except TransientModelError as exc:
+            if self.retry.max_retries < 1:
+                raise
+            await asyncio.sleep(backoff_delay(self.retry, exc, 1))
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            return backoff_delay(self.retry, exc, state.attempt_number + 1)
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientModelError),
-            stop=stop_after_attempt(self.retry.max_retries + 1),
-            wait=_wait(self.retry),
+            stop=stop_after_attempt(self.retry.max_retries),
+            wait=wait,
             reraise=True,
         )
         async for attempt in retrying:
