@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 from cai.api import agenerate_run  # noqa: E402
 from cai.constitution import load_constitution  # noqa: E402
 from cai.inputs import read_prompts  # noqa: E402
-from cai.models import GenParams, ScriptedModel, load_model  # noqa: E402
+from cai.models import ChatModel, GenParams, ScriptedModel, load_model  # noqa: E402
+from cai.models.openai_compat import parse_completion, request_kwargs  # noqa: E402
 from cai.revise import (  # noqa: E402
     _with_few_shot, clean_revision, degenerate_reason, pick_principles, revise, says_no_revision_needed,
 )
@@ -41,10 +42,12 @@ HH = ROOT.parent / "shared" / "data" / "hh_rlhf_harmless_test_dev.jsonl"
 EXAMPLES = ROOT / "examples" / "red_team_prompts.jsonl"
 
 
+PROMPTS_FILE = HH if HH.exists() else EXAMPLES
+
+
 def prompts(n: int, tag: str = "") -> list[list[dict[str, str]]]:
     """n prompt conversations (hh-rlhf red-team prompts, cycled), optionally made unique by a tag."""
-    source = HH if HH.exists() else EXAMPLES
-    found = [p.messages for p in read_prompts(source).prompts]
+    found = [p.messages for p in read_prompts(PROMPTS_FILE).prompts]
     out = [list(found[i % len(found)]) for i in range(n)]
     if tag:  # a distinct first message per run, so runs share no server prefix cache
         out = [[{"role": "system", "content": f"Session {tag}. You are a helpful assistant."}, *p] for p in out]
@@ -56,6 +59,29 @@ def line(label: str, value: str) -> None:
 
 
 # -- 1. stub server -----------------------------------------------------------------------------
+
+
+class _AiohttpChat(ChatModel):
+    """Bench-only: the same OpenAI wire format (cai.models.openai_compat) sent with a bare aiohttp
+    session, to split the client library's per-call cost from the engine's."""
+
+    def __init__(self, base_url: str, model: str, concurrency: int):
+        self.base_url, self.model, self.spec = base_url, model, f"openai:{model}"
+        self.concurrency = concurrency
+        self._session = None
+
+    async def chat(self, messages, params=None):
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.concurrency))
+        body = {"model": self.model, **request_kwargs(messages, params or GenParams())}
+        async with self._session.post(f"{self.base_url}/chat/completions", json=body) as resp:
+            return parse_completion(await resp.json(), model=self.model, want_logprobs=False)
+
+    async def aclose(self):
+        if self._session is not None:
+            await self._session.close()
 
 
 async def bench_stub(n: int, revisions: int, concurrency: int, latency: float, seq_n: int, out: Path) -> None:
@@ -80,6 +106,19 @@ async def bench_stub(n: int, revisions: int, concurrency: int, latency: float, s
         line("wall / ideal", f"{wall / ideal:.2f}x  (target <= 1.2x)")
         line("wall / max(ideal, one sample's chain)", f"{wall / max(ideal, chain):.2f}x")
 
+        # the same run over the same server with a bare aiohttp client instead of the openai SDK
+        bare = _AiohttpChat(server.base_url, "stub", concurrency)
+        before = server.stats()["requests"]
+        start = time.perf_counter()
+        await agenerate_run(data, model=bare, revisions=revisions, sampling="sequential",
+                            out=out.with_name("aiohttp-run"), concurrency=concurrency,
+                            params=GenParams(max_tokens=64))
+        wall_bare = time.perf_counter() - start
+        await bare.aclose()
+        calls_bare = server.stats()["requests"] - before
+        line("engine, bare aiohttp client (bench-only)", f"{wall_bare:.2f} s for {calls_bare} calls")
+        line("  wall / ideal", f"{wall_bare / (calls_bare * latency / concurrency):.2f}x")
+
         # the same run with an in-process transport of the same latency: the engine's own overhead
         # (scheduling, run store, call cache, output files) without the HTTP client's
         scripted = ScriptedModel(lambda m, p: "A short reply.", delay=latency)
@@ -99,7 +138,8 @@ async def bench_stub(n: int, revisions: int, concurrency: int, latency: float, s
                          params=GenParams(max_tokens=64))
         seq = (time.perf_counter() - start) / seq_n * n
         line(f"sequential (measured on {seq_n}, extrapolated)", f"{seq:.1f} s")
-        line("speed-up vs sequential", f"{seq / wall:.0f}x  (target >= 50x)")
+        line("speed-up vs sequential (openai backend)", f"{seq / wall:.0f}x  (target >= 50x)")
+        line("speed-up vs sequential (bare aiohttp)", f"{seq / wall_bare:.0f}x")
         await model.aclose()
 
         # 3. resume: the finished run again
@@ -225,7 +265,10 @@ async def main() -> None:
     ap.add_argument("--vllm-max-tokens", type=int, default=32)
     ap.add_argument("--vllm-repeats", type=int, default=1, help="wave/engine pairs, order alternating")
     ap.add_argument("--vllm-base-url", default=None, help="reuse a running server serving 'embedded'")
+    ap.add_argument("--prompts-file", type=Path, default=PROMPTS_FILE)
     args = ap.parse_args()
+    globals()["PROMPTS_FILE"] = args.prompts_file
+    print(f"prompts from {args.prompts_file}")
     parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory(prefix="cai-bench-") as tmp:
         if parts & {"stub", "resume"}:

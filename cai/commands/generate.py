@@ -64,6 +64,9 @@ def generate(
             ModelError, FileNotFoundError) as exc:
         _fail(str(exc))
         return
+    except KeyboardInterrupt:
+        typer.secho(f"\ninterrupted; run the same command again to resume {out}", fg="yellow", err=True)
+        raise typer.Exit(130) from None
     for message in result.skipped_inputs:
         typer.secho(f"skipped {message}", fg="yellow", err=True)
     s = result.summary
