@@ -34,7 +34,7 @@ def embedded_model(embedded_hf_dir: Path) -> Iterator["object"]:
 
     model = HFChatModel(embedded_hf_dir, spec="embedded")
     yield model
-    model._batcher.close()
+    model.close()
 
 
 _early_vllm: "object | None" = None  # a VLLMServer launched right after collection

@@ -91,7 +91,11 @@ class HFChatModel(LocalChatModel):
         return await asyncio.wrap_future(self._batcher.submit(request))
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self._batcher.close)
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Stop the batching thread (a later ``chat`` starts it again)."""
+        self._batcher.close()
 
 
 def load_hf(model: str, **options: Any) -> HFChatModel:
