@@ -12,7 +12,7 @@ serves one path another's prompts. "logprob" and "free-text" prime the prefix ca
 first, then the other); "logprob-unprimed" sends both orders at once. Prints calls and tokens per pair,
 pairs/s, and the ratio (target: log-prob >= 5x the pairs/s of free-text).
 
-    python bench/judges.py [--pairs 48] [--base-url http://127.0.0.1:PORT/v1 --model NAME]
+    python bench/judges.py [--pairs 16] [--base-url http://127.0.0.1:PORT/v1 --model NAME --offset 300]
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ async def run_path(judge: LLMPairwiseJudge, pairs, concurrency: int) -> dict[str
 
 async def bench(args: argparse.Namespace, base_url: str) -> None:
     model = load_model(f"openai:{args.model}", base_url=base_url, api_key="none", max_concurrency=args.concurrency)
-    sets, _ = read_candidate_sets(args.data, limit=3 * args.pairs + 4 + 2 * args.latency_pairs)
+    sets, _ = read_candidate_sets(args.data, limit=args.offset + 3 * args.pairs + 4 + 2 * args.latency_pairs)
+    sets = sets[args.offset :]
     warmup, rest = sets[:4], sets[4 : 4 + 3 * args.pairs]
     latency_sets = sets[4 + 3 * args.pairs :]
     logprob = LLMPairwiseJudge(model)
@@ -88,11 +89,14 @@ async def bench(args: argparse.Namespace, base_url: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=48, help="pairs per path")
+    parser.add_argument("--pairs", type=int, default=16, help="pairs per path")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--latency-pairs", type=int, default=4, help="pairs per path judged one at a time")
     parser.add_argument("--verdict-tokens", type=int, default=256, help="free-text verdict budget")
     parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--offset", type=int, default=0,
+                        help="skip this many pairs: with --base-url, pick pairs the server has not judged yet "
+                             "(its prefix cache would otherwise serve them)")
     parser.add_argument("--base-url", default=None, help="use a running server instead of starting one")
     parser.add_argument("--model", default="embedded", help="served model name")
     parser.add_argument("--max-model-len", type=int, default=4096)
