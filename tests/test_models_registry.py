@@ -138,11 +138,11 @@ async def test_batcher_skips_requests_cancelled_before_their_batch() -> None:
     batcher.close()
 
 
-def test_sync_chat_refuses_a_running_loop() -> None:
-    model = ScriptedModel(["x"])
+def test_chat_sync_works_inside_a_running_loop() -> None:
+    model = ScriptedModel(["x", "y"])
+    assert model.chat_sync([{"role": "user", "content": "hi"}]).text == "x"
 
-    async def inside() -> None:
-        with pytest.raises(RuntimeError, match="running event loop"):
-            model.chat_sync([{"role": "user", "content": "hi"}], GenParams())
+    async def inside() -> str:  # e.g. a Jupyter cell
+        return model.chat_sync([{"role": "user", "content": "hi"}], GenParams()).text
 
-    asyncio.run(inside())
+    assert asyncio.run(inside()) == "y"

@@ -6,6 +6,7 @@ Messages are plain OpenAI-style dicts: ``{"role": "user"|"assistant"|"system", "
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -171,12 +172,14 @@ class ChatModel(ABC):
         """Release connections, engines, threads."""
 
     def chat_sync(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
-        """Blocking convenience for notebooks and scripts (not for use inside a running loop)."""
+        """Blocking convenience for scripts and notebooks. Inside a running event loop (Jupyter)
+        the call runs on a helper thread with its own loop."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(self.chat(messages, params))
-        raise RuntimeError("chat_sync() called inside a running event loop; use `await model.chat(...)`")
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cai-chat-sync") as pool:
+            return pool.submit(asyncio.run, self.chat(messages, params)).result()
 
     def count_tokens(self, messages: Sequence[Message]) -> int | None:
         """Prompt length in tokens when the backend can tell cheaply, else None."""
