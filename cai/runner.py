@@ -270,7 +270,11 @@ class Runner:
         task_id = progress.add_task(self.title, total=len(samples), completed=done_before, stats="", rate=0.0)
 
         def stats_text() -> str:
-            parts = [f"{name.replace('_', ' ')} {_fmt(counters.get(name, 0))}" for name in self.show_counters]
+            n_done = max(done + done_before, 1)
+            parts = [
+                f"{name.replace('_', ' ')} {_fmt(counters.get(name, 0))} ({counters.get(name, 0) / n_done:.0%})"
+                for name in self.show_counters
+            ]
             parts.append(f"failed {sum(failed.values())}")
             return " · ".join(parts)
 
