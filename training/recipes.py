@@ -103,7 +103,7 @@ class Recipe(_Strict):
     def trl_config(self, output_dir: str | Path, **overrides: Any) -> Any:
         """Build the TRL config object, with device-aware defaults where the recipe is silent."""
         args = {**device_defaults(self.args), **self.args, **overrides, "output_dir": str(output_dir)}
-        validate_args(self.trainer, args, self.source)
+        args = validate_args(self.trainer, args, self.source)
         config_cls = trl_class(self.trainer, config=True)
         try:
             return config_cls(**args)
@@ -169,11 +169,12 @@ def args_model(trainer: str) -> type[BaseModel]:
     )
 
 
-def validate_args(trainer: str, args: dict[str, Any], source: str = "<python>", yaml_file: YamlFile | None = None) -> None:
-    """Check ``args`` against the TRL config's fields and types."""
+def validate_args(trainer: str, args: dict[str, Any], source: str = "<python>", yaml_file: YamlFile | None = None) -> dict[str, Any]:
+    """Check ``args`` against the TRL config's fields and types; returns them coerced to those
+    types (e.g. ``"1e-5"``, which YAML reads as a string, becomes a float)."""
     model = args_model(trainer)
     try:
-        model.model_validate(args)
+        return model.model_validate(args).model_dump(include=set(args))
     except ValidationError as exc:
         if yaml_file is None:
             raise RecipeError("\n".join(
