@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -71,6 +72,7 @@ def _write_hf_folder(gguf: Path, out: Path) -> None:
     """Dequantize the GGUF with transformers and save it as a plain (unquantized) HF folder."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    print(f"cai: exporting the embedded model from {gguf.name} (once; about a minute)", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
