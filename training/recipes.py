@@ -121,9 +121,7 @@ class Recipe(_Strict):
 
     def with_args(self, **changes: Any) -> "Recipe":
         """A copy with some TRL args changed (CLI flags override recipe values)."""
-        updated = self.model_copy(update={"args": {**self.args, **changes}})
-        validate_args(self.trainer, updated.args, self.source)
-        return updated
+        return self.model_copy(update={"args": validate_args(self.trainer, {**self.args, **changes}, self.source)})
 
 
 def device_defaults(args: dict[str, Any]) -> dict[str, Any]:
