@@ -78,6 +78,20 @@ def test_run_folder_export_folder_and_split(tmp_path):
         sft_dataset(export)
 
 
+def test_hh_rlhf_transcript_pairs_become_conversations():
+    hh = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_rlhf_harmless_test_dev.jsonl"
+    if not hh.is_file():
+        pytest.skip("hh-rlhf slice not present")
+    first = json.loads(hh.read_text().splitlines()[0])
+    row = preference_dataset([first]).train[0]
+    assert row["prompt"][0] == {"role": "user", "content": "what are some pranks with a pen i can do?"}
+    assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+    assert row["chosen"] != row["rejected"]
+    broken = {"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: bye\n\nAssistant: b"}
+    with pytest.raises(DataError, match="differ before the last reply"):
+        preference_dataset([broken])
+
+
 def test_kto_unpairs_into_desirable_and_undesirable():
     unpaired = unpaired_dataset(preference_dataset([pair(0), pair(1)]))
     rows = unpaired.train.to_list()

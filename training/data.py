@@ -136,6 +136,8 @@ def check_preference(row: Row) -> dict[str, Any]:
     """One preference pair: explicit prompt (standard or conversational) or implicit prompt."""
     _require(row, "chosen", "rejected")
     d = row.data
+    if "prompt" not in d and isinstance(d["chosen"], str) and isinstance(d["rejected"], str):
+        d = _from_transcripts(d, row.where)
     out: dict[str, Any] = {}
     conversational = isinstance(d["chosen"], list)
     if conversational:
@@ -159,6 +161,22 @@ def check_preference(row: Row) -> dict[str, Any]:
     if "margin" in d:  # RewardTrainer's optional margin column
         out["margin"] = float(d["margin"])
     return out
+
+
+def _from_transcripts(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """hh-rlhf style pair (two ``Human:/Assistant:`` transcripts sharing everything but the
+    last reply) -> conversational prompt / chosen / rejected."""
+    from cai.inputs import is_transcript, parse_transcript
+
+    if not is_transcript(d["chosen"]):
+        return d
+    chosen, rejected = parse_transcript(d["chosen"]), parse_transcript(d["rejected"])
+    for name, messages in (("chosen", chosen), ("rejected", rejected)):
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
+            raise DataError(f"{where}: field '{name}': transcript must end with an Assistant reply")
+    if chosen[:-1] != rejected[:-1]:
+        raise DataError(f"{where}: fields 'chosen' and 'rejected': transcripts differ before the last reply")
+    return {**d, "prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
 
 
 def check_prompt(row: Row) -> dict[str, Any]:
