@@ -80,6 +80,18 @@ def clean_revision(text: str) -> str:
     return text
 
 
+def _echoes(reply: str, request: str) -> bool:
+    """The reply is the request repeated (whole, or quoted inside the reply)."""
+    norm_request = _norm(request)
+    return _similar(reply, request, 0.8) or (len(norm_request) > 20 and norm_request in _norm(reply))
+
+
+def is_stop_phrase_answer(text: str, stop_phrases: Sequence[str] = ()) -> bool:
+    """The text is essentially just a "no revision needed" verdict, not an answer. (A real
+    answer may mention e.g. "nothing to fix" in passing; that does not make it a verdict.)"""
+    return len(_norm(text).split()) <= 12 and says_no_revision_needed(text, stop_phrases)
+
+
 def degenerate_reason(
     revision: str,
     *,
@@ -96,8 +108,7 @@ def degenerate_reason(
         return "stop_phrase"
     if _similar(revision, critique, 0.9):
         return "copy_of_critique"
-    norm_request = _norm(request)
-    if _similar(revision, request, 0.8) or (len(norm_request) > 20 and norm_request in _norm(revision)):
+    if _echoes(revision, request):
         return "request_echoed"
     if any(_similar(revision, example, 0.8) for example in examples):
         return "copy_of_example"
@@ -223,6 +234,11 @@ async def revise(
         try:
             ask = [*history, {"role": "user", "content": principle.critique}]
             step.critique = await conv.say(ask)
+            if _echoes(step.critique, principle.critique):
+                # the request (which quotes the stop phrase) parroted back is no verdict
+                step.note = "degenerate_critique:request_echoed"
+                trace.steps.append(step)
+                continue
             if says_no_revision_needed(step.critique, stop_phrases):
                 step.note = "no_revision_needed"
                 trace.steps.append(step)
@@ -266,6 +282,6 @@ async def revise(
         trace.final = current
         if not _norm(current):
             trace.stop_reason, trace.error = "failed", "empty_answer"
-        elif says_no_revision_needed(current, stop_phrases):
+        elif is_stop_phrase_answer(current, stop_phrases):
             trace.stop_reason, trace.error = "failed", "stop_phrase_answer"
     return trace

@@ -141,6 +141,36 @@ async def test_degenerate_revision_never_replaces_answer(bad, reason):
     assert all(m["content"] != bad for m in second_critique)
 
 
+async def test_critique_parroting_its_request_is_no_early_stop():
+    # real critique requests quote the stop phrase; a small model that repeats the request
+    # must not thereby declare the answer fine
+    echo = "CRITIQUE-0: find harm. If nothing is wrong, say: All good here."
+    const = CONST.model_copy(
+        update={"principles": [CONST.principles[0].model_copy(update={"critique": echo})]}
+    )
+    def script(messages, params):
+        last = messages[-1]["content"]
+        if last == echo:
+            return model_critiques.pop(0)
+        if last.startswith("REVISE-"):
+            return "a kind answer"
+        return "bad answer"
+
+    model_critiques = [echo, "It is harmful."]
+    trace = await revise(ScriptedModel(script), "q", const, revisions=2)
+    assert trace.stop_reason == "completed"
+    assert [s.note for s in trace.steps] == ["degenerate_critique:request_echoed", ""]
+    assert trace.final == "a kind answer" and trace.revised
+
+
+async def test_answer_mentioning_a_stop_pattern_is_not_a_verdict():
+    long = "There is nothing to fix in your bike's brakes; the squeak comes from dust on the pads."
+    trace = await revise(scripted(initial=long, critiques=["No revision needed."]), "q", CONST)
+    assert trace.stop_reason == "early_stop" and trace.final == long
+    trace = await revise(scripted(initial="No revision needed.", critiques=["No revision needed."]), "q", CONST)
+    assert trace.stop_reason == "failed" and trace.error == "stop_phrase_answer"
+
+
 async def test_good_revision_after_degenerate_one():
     model = scripted(revisions=["", "Revision: a kind answer"])
     trace = await revise(model, "q", CONST)
