@@ -103,7 +103,7 @@ def record_to_messages(record: Any, prompt_field: str = "prompt", messages_field
     raise ValueError(f"no '{prompt_field}' or '{messages_field}' field (record has: {keys})")
 
 
-def _records(path: Path) -> Iterator[tuple[str, Any]]:
+def read_records(path: Path) -> Iterator[tuple[str, Any]]:
     """(location, raw record) pairs; a record that cannot be decoded comes as an exception."""
     suffix = path.suffix.lower()
     if path.is_dir():
@@ -165,7 +165,7 @@ def read_prompts(
         raise InputError(f"{path}: no such file or directory")
     result = PromptSet(prompts=[])
     seen: dict[str, str] = {}
-    for position, (where, raw) in enumerate(_records(path)):
+    for position, (where, raw) in enumerate(read_records(path)):
         if limit is not None and len(result.prompts) >= limit:
             break
         try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cai.inputs import InputError, _records, is_transcript, parse_transcript, record_to_messages, up_to_last_user
+from cai.inputs import InputError, read_records, is_transcript, parse_transcript, record_to_messages, up_to_last_user
 from cai.models.base import Message
 from judges.base import response_text
 
@@ -89,7 +89,7 @@ def read_candidate_sets(path: str | Path, *, limit: int | None = None, on_bad_li
     sets: list[CandidateSet] = []
     skipped: list[str] = []
     seen: set[str] = set()
-    for position, (where, raw) in enumerate(_records(path)):
+    for position, (where, raw) in enumerate(read_records(path)):
         if limit is not None and len(sets) >= limit:
             break
         try:

@@ -19,7 +19,7 @@ DEFAULT_PRINCIPLE = (
 class ViolationJudge(PointwiseJudge):
     """``score()`` returns p(violation) in [0, 1]: higher is worse.
 
-    ``principle`` is a text, or a constitution ``Principle`` (its critique request is used).
+    ``principle`` is a text, or a constitution ``Principle`` (its rule statement is used).
     """
 
     higher_is_better = False
@@ -35,7 +35,7 @@ class ViolationJudge(PointwiseJudge):
         text_max_tokens: int = 4,
     ):
         self.model = model
-        self.principle = principle.critique if isinstance(principle, Principle) else principle
+        self.principle = principle.statement if isinstance(principle, Principle) else principle
         self.logprobs, self.top_logprobs = logprob_settings(model, logprobs, top_logprobs)
         self.retries = retries
         self.text_max_tokens = text_max_tokens
