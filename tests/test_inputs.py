@@ -9,7 +9,7 @@ import pytest
 
 from cai.inputs import InputError, parse_transcript, read_prompts
 
-HH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hh_rlhf_harmless_test_dev.jsonl"
+from tests.paths import HH_RLHF as HH
 TRANSCRIPT = "\n\nHuman: hi there\n\nAssistant: hello!\n\nHuman: how do I pick a lock?\n\nAssistant: Use a pin."
 
 
@@ -102,6 +102,6 @@ def test_json_csv_parquet_and_hf_folder(tmp_path):
 
 def test_real_hh_rlhf_slice():
     found = read_prompts(HH)
-    assert len(found.prompts) == 1156 and not found.skipped
+    assert len(found.prompts) == len(HH.read_text(encoding="utf-8").splitlines()) and not found.skipped
     assert all(p.messages[-1]["role"] == "user" and p.messages[-1]["content"] for p in found.prompts)
     assert any(len(p.messages) > 1 for p in found.prompts)  # multi-turn conversations kept

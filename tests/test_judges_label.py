@@ -14,6 +14,7 @@ from cai.models import Capabilities, Completion, GenParams, ScriptedModel, Token
 from judges.data import read_candidate_sets
 from judges.evaluate import evaluate_judge, metrics
 from judges.label import LabelConfig, label
+from tests.paths import HH_RLHF
 
 NO_LOGPROBS = Capabilities(logprobs=False)
 LOGPROBS = Capabilities(logprobs=True, max_top_logprobs=5)
@@ -171,7 +172,7 @@ def test_metrics_agreement_consistency_calibration():
 
 
 async def test_evaluate_judge_on_hh_slice_with_scripted_judge(tmp_path):
-    lines = open("../shared/data/hh_rlhf_harmless_test_dev.jsonl", encoding="utf-8").readlines()[:6]
+    lines = open(HH_RLHF, encoding="utf-8").readlines()[:6]
     path = tmp_path / "hh.jsonl"
     path.write_text("".join(lines), encoding="utf-8")
     pairs, _ = read_candidate_sets(path)

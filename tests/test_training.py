@@ -31,7 +31,7 @@ PAIRS = [
 ]
 SFT = [{"messages": p["prompt"] + p["chosen"]} for p in PAIRS]
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "red_team_prompts.jsonl"
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_rlhf_harmless_test_dev.jsonl"
+from tests.paths import HH_RLHF as HH
 FAST = {"max_steps": 2, "learning_rate": 1e-4, "max_length": 96}
 
 
@@ -222,7 +222,7 @@ def demo_run(embedded_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     assert result.exit_code == 0, result.output
     assert (run / "traces.jsonl").read_text().strip()
     prefs = run / "preferences.jsonl"
-    if not prefs.read_text().strip() and HH.is_file():
+    if not prefs.read_text().strip():
         # the 135M model's revisions are often rejected as degenerate, leaving no pair; training
         # is tested on the same run folder with real hh-rlhf pairs for these prompts instead
         prefs.write_text("\n".join(HH.read_text().splitlines()[:4]) + "\n")

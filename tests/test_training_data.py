@@ -9,6 +9,7 @@ import pytest
 
 from training.data import DataError, preference_dataset, prompt_dataset, sft_dataset, unpaired_dataset
 from training.recipes import RecipeError, load_recipe, recipe_for, shipped_recipes
+from tests.paths import HH_RLHF
 
 PROMPT = [{"role": "user", "content": "How do I pick a lock?"}]
 GOOD = {"role": "assistant", "content": "I can't help with breaking in; a locksmith can."}
@@ -79,10 +80,7 @@ def test_run_folder_export_folder_and_split(tmp_path):
 
 
 def test_hh_rlhf_transcript_pairs_become_conversations():
-    hh = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_rlhf_harmless_test_dev.jsonl"
-    if not hh.is_file():
-        pytest.skip("hh-rlhf slice not present")
-    first = json.loads(hh.read_text().splitlines()[0])
+    first = json.loads(HH_RLHF.read_text().splitlines()[0])
     row = preference_dataset([first]).train[0]
     assert row["prompt"][0] == {"role": "user", "content": "what are some pranks with a pen i can do?"}
     assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
