@@ -122,12 +122,23 @@ def _retry_after(exc: Any) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
+def _dropped_connection(exc: BaseException) -> bool:
+    """aiohttp's transport reports a connection the server dropped as httpx.ConnectTimeout;
+    its cause chain still names the real event."""
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None:
+        if type(cause).__name__ in ("ServerDisconnectedError", "ClientOSError"):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def map_error(exc: BaseException) -> ModelError:
     """Typed cai error for an openai (or LiteLLM) SDK exception; unknown errors are permanent."""
     if isinstance(exc, ModelError):
         return exc
     message = str(exc)
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _dropped_connection(exc):
         return TransientModelError(f"request timed out: {message}", reason="timeout")
     if isinstance(exc, openai.APIConnectionError):
         return TransientModelError(f"connection failed: {message}", reason="connection")
