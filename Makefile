@@ -25,7 +25,7 @@ install: $(VENV)/.core
 install-test: $(VENV)/.test
 
 demo: $(VENV)/.core
-	$(VENV)/bin/cai generate examples/red_team_prompts.jsonl --out runs/demo --limit 8 --revisions 1
+	$(VENV)/bin/cai generate examples/red_team_prompts.jsonl --out runs/demo --limit 8 --revisions 2 --max-tokens 128 --temperature 0.7
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q
