@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from cai.models.base import Capabilities, ChatModel, Completion, GenParams, Message, Usage, call_key
+from cai.models.base import ChatModel, Completion, GenParams, Message, ModelWrapper, Usage, call_key
 
 DB_NAME = "state.sqlite"
 LOCK_NAME = ".lock"
@@ -326,7 +326,7 @@ class RunStore:
         self.close()
 
 
-class CachedModel(ChatModel):
+class CachedModel(ModelWrapper):
     """A ChatModel that serves finished calls from a run store and records new ones.
 
     The key is ``call_key(model.spec, messages, params)``. Concurrent identical calls share
@@ -335,17 +335,9 @@ class CachedModel(ChatModel):
     """
 
     def __init__(self, model: ChatModel, store: RunStore):
-        self.model = model
+        super().__init__(model)
         self.store = store
-        self.spec = model.spec
         self._inflight: dict[str, asyncio.Future[Completion]] = {}
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self.model.capabilities
-
-    def count_tokens(self, messages: Sequence[Message]) -> int | None:
-        return self.model.count_tokens(messages)
 
     async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
         params = params or GenParams()

@@ -30,6 +30,7 @@ from cai.models.base import (
     GenParams,
     Message,
     ModelError,
+    ModelWrapper,
     Usage,
 )
 from cai.records import Trace
@@ -71,22 +72,14 @@ class WrappedCompletion(Completion):
     trace: Trace | None = None
 
 
-class _CallLog(ChatModel):
+class _CallLog(ModelWrapper):
     """Times every call to ``model``. Serves ``prefill`` for the first call: ``revise`` asks
     for the initial answer first, and the wrapper already has it."""
 
     def __init__(self, model: ChatModel, prefill: Completion | None = None):
-        self.model = model
-        self.spec = model.spec
+        super().__init__(model)
         self.prefill = prefill
         self.calls: list[tuple[str, float, Usage]] = []  # (last user message, seconds, usage)
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self.model.capabilities
-
-    def count_tokens(self, messages: Sequence[Message]) -> int | None:
-        return self.model.count_tokens(messages)
 
     async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
         if self.prefill is not None:

@@ -189,6 +189,22 @@ class ChatModel(ABC):
         return f"<{type(self).__name__} {self.spec!r}>"
 
 
+class ModelWrapper(ChatModel):
+    """Base for a ChatModel that wraps another (caching, timing, ...): the spec, capabilities
+    and token counting of the wrapped model pass through; subclasses implement ``chat``."""
+
+    def __init__(self, model: ChatModel):
+        self.model = model
+        self.spec = model.spec
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.model.capabilities
+
+    def count_tokens(self, messages: Sequence[Message]) -> int | None:
+        return self.model.count_tokens(messages)
+
+
 def call_key(spec: str, messages: Sequence[Message], params: GenParams) -> str:
     """Content hash of one LLM call: the cache key used by run stores."""
     payload = json.dumps(
