@@ -24,10 +24,13 @@ def _http_client(max_connections: int) -> httpx.AsyncClient:
     when installed: at 100+ calls in flight httpx's own pool costs several times more CPU per
     call. Plain httpx otherwise."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    try:
-        return openai.DefaultAioHttpClient(limits=limits)
-    except RuntimeError:  # httpx-aiohttp not installed
-        return openai.DefaultAsyncHttpxClient(limits=limits)
+    aiohttp_client = getattr(openai, "DefaultAioHttpClient", None)  # openai >= 1.89
+    if aiohttp_client is not None:
+        try:
+            return aiohttp_client(limits=limits)
+        except RuntimeError:  # httpx-aiohttp not installed
+            pass
+    return openai.DefaultAsyncHttpxClient(limits=limits)
 
 
 class OpenAIChatModel(RemoteChatModel):
