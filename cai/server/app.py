@@ -162,6 +162,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app. ``model``/``wrapper``/judges override what the config would load
     (for tests and for embedding the app in a Python program)."""
+    from cai.server.judge_routes import router as judge_router
     from cai.server.routes import router
 
     j = config.judge
@@ -189,6 +190,7 @@ def create_app(
     app.state.cai = state
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(judge_router)
     app.add_middleware(GuardMiddleware, state=state)
     return app
 

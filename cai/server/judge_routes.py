@@ -1,0 +1,145 @@
+"""HTTP routes for judges: /v1/judge (pointwise and pairwise verdicts) and /v1/reward
+(rewards for RL trainers: cai's own shape, OpenRLHF's remote reward shape)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cai.server.app import ServerState, require, state_of
+from cai.server.errors import APIError
+from cai.server.routes import _bounded
+
+router = APIRouter()
+
+Prompt = str | list[dict[str, str]]
+
+
+class JudgeItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: Prompt
+    response: str | None = None  # pointwise
+    a: str | None = None  # pairwise
+    b: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "JudgeItem":
+        pairwise = self.a is not None or self.b is not None
+        if pairwise == (self.response is not None) or (pairwise and (self.a is None or self.b is None)):
+            raise ValueError("give either 'response' (pointwise) or both 'a' and 'b' (pairwise)")
+        return self
+
+
+class JudgeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[JudgeItem] = Field(min_length=1)
+
+
+def _judge(state: ServerState, kind: str) -> Any:
+    judge = state.pairwise if kind == "pairwise" else state.pointwise
+    if judge is None:
+        raise APIError(404, f"no {kind} judge configured on this server (config judge.{kind})",
+                       code="judge_not_configured")
+    return judge
+
+
+def _check_batch(state: ServerState, n: int) -> None:
+    if n > state.config.limits.max_batch:
+        raise APIError(413, f"{n} items exceed the batch limit of {state.config.limits.max_batch}",
+                       code="batch_too_large")
+
+
+async def _nothing() -> list:
+    return []
+
+
+@router.post("/v1/judge", dependencies=[Depends(require("judge"))])
+async def judge(request: Request) -> dict[str, Any]:
+    """Body: one item ({"prompt", "response"} or {"prompt", "a", "b"}) or {"items": [...]}."""
+    state = state_of(request)
+    try:
+        raw = await request.json()
+        single = isinstance(raw, dict) and "items" not in raw
+        req = JudgeRequest.model_validate({"items": [raw]} if single else raw)
+    except ValueError as exc:  # bad JSON or a pydantic ValidationError
+        raise APIError(400, f"invalid judge request: {exc}", code="invalid_request") from None
+    _check_batch(state, len(req.items))
+    conc = state.config.judge.concurrency
+    pairs = [(i, it) for i, it in enumerate(req.items) if it.a is not None]
+    points = [(i, it) for i, it in enumerate(req.items) if it.a is None]
+    pair_job = (_judge(state, "pairwise").compare_many([(it.prompt, it.a, it.b) for _, it in pairs],
+                                                       concurrency=conc) if pairs else _nothing())
+    point_job = (_judge(state, "pointwise").score_many([(it.prompt, it.response) for _, it in points],
+                                                       concurrency=conc) if points else _nothing())
+    pair_out, point_out = await _bounded(state, asyncio.gather(pair_job, point_job))
+    results: list[dict[str, Any]] = [{} for _ in req.items]
+    for kind, group, out in (("pairwise", pairs, pair_out), ("pointwise", points, point_out)):
+        for (i, _), verdict in zip(group, out):
+            results[i] = {"index": i, "type": kind, **verdict.to_dict()}
+    return {"object": "cai.judgement", "results": results}
+
+
+class RewardItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: Prompt
+    response: str
+
+
+class RewardRequest(BaseModel):
+    """Either cai's shape {"items": [{"prompt", "response"}]} or OpenRLHF's remote reward
+    shape {"query": [prompt+response, ...], "prompts": [...], "labels": [...]}."""
+
+    model_config = ConfigDict(extra="allow")
+    items: list[RewardItem] | None = None
+    query: list[str] | None = None
+    prompts: list[str] | None = None
+    labels: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> "RewardRequest":
+        if (self.items is None) == (self.query is None):
+            raise ValueError("give either 'items' or OpenRLHF's 'query' (with optional 'prompts')")
+        if self.query is not None and self.prompts is not None and len(self.prompts) != len(self.query):
+            raise ValueError(f"'prompts' has {len(self.prompts)} entries, 'query' has {len(self.query)}")
+        return self
+
+    def pairs(self) -> list[tuple[Prompt, str]]:
+        if self.items is not None:
+            return [(it.prompt, it.response) for it in self.items]
+        pairs: list[tuple[Prompt, str]] = []
+        for i, query in enumerate(self.query or []):
+            prompt = self.prompts[i] if self.prompts is not None else ""
+            # OpenRLHF sends prompt + response as one string; the prompt is its prefix
+            if prompt and query.startswith(prompt):
+                pairs.append((prompt, query[len(prompt):]))
+            else:
+                pairs.append((prompt, query))
+        return pairs
+
+
+@router.post("/v1/reward", dependencies=[Depends(require("reward"))])
+async def reward(body: RewardRequest, request: Request) -> dict[str, Any]:
+    state = state_of(request)
+    pairs = body.pairs()
+    _check_batch(state, len(pairs))
+    judge = _judge(state, "pointwise")
+    cfg = state.config.judge
+    start = time.perf_counter()
+    scores = await _bounded(state, judge.score_many(pairs, concurrency=cfg.concurrency))
+    state.metrics.stage.labels("reward").observe(time.perf_counter() - start)
+    # as judges.trl does: the score, negated for lower-is-better judges (ViolationJudge)
+    sign = 1.0 if getattr(judge, "higher_is_better", True) else -1.0
+    rewards: list[float | None] = [sign * s.value if s.ok and s.value is not None else None for s in scores]
+    unscored = sum(r is None for r in rewards)
+    if body.query is not None:
+        # OpenRLHF turns rewards into a tensor: unscored items get the configured fill value
+        rewards = [cfg.unscored_reward if r is None else r for r in rewards]
+    return {
+        "rewards": rewards,
+        "scores": [s.to_dict() for s in scores],
+        "extra_logs": {"unscored": unscored},
+    }
