@@ -13,7 +13,8 @@ few-shot examples first, which are identical for every sample and so are a share
 Rules: a critique saying no revision is needed stops the loop and the previous answer stands;
 a revision that is empty, a copy of the critique, the request echoed back, or a stop phrase
 never replaces the current answer (that round is rolled back out of the conversation, so the
-next round critiques the current answer again).
+next round critiques the current answer again). The same holds for a revision failing a
+quality gate (``cai.quality``: loops, truncation, wrong language, off topic).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Sequence
 
 from cai.constitution import Constitution, Principle, Sampling, load_constitution
 from cai.models.base import ChatModel, ContextLengthError, GenParams, Message, ModelError, Usage
+from cai.quality import QualityGates, gate_reason, prompt_text
 from cai.records import Step, Trace
 
 # always recognised, whatever the constitution lists
@@ -161,6 +163,7 @@ class _Conversation:
     model: ChatModel
     params: GenParams
     usage: Usage
+    last_finish: str = "stop"
 
     def fit(self, messages: list[Message]) -> GenParams:
         """Params that fit the model context; ContextLengthError when the prompt alone does not."""
@@ -176,6 +179,7 @@ class _Conversation:
 
     async def say(self, messages: list[Message]) -> str:
         completion = await self.model.chat(messages, self.fit(messages))
+        self.last_finish = completion.finish_reason
         self.usage = self.usage + Usage(
             completion.usage.prompt_tokens, completion.usage.completion_tokens, 1
         )
@@ -197,16 +201,19 @@ async def revise(
     few_shot: bool = True,
     params: GenParams | None = None,
     sample_id: str | None = None,
+    gates: QualityGates | None = None,
 ) -> Trace:
     """Critique and revise one prompt's answer. ``None`` options take the constitution's
-    defaults. Model errors do not raise: the trace comes back with ``stop_reason="failed"``
-    and ``error`` set to the reason (e.g. ``context_length``)."""
+    defaults (``gates``: ``QualityGates()``; see ``cai.quality``). Model errors do not raise:
+    the trace comes back with ``stop_reason="failed"`` and ``error`` set to the reason
+    (e.g. ``context_length``)."""
     constitution = load_constitution(constitution)
     defaults = constitution.defaults
     revisions = defaults.revisions if revisions is None else revisions
     sampling = sampling or defaults.sampling
     seed = defaults.seed if seed is None else seed
     stop_phrases = defaults.stop_phrases
+    gates = QualityGates() if gates is None else gates
     messages = normalize_prompt(prompt)
     key = sample_id or _prompt_key(messages)
     trace = Trace(
@@ -219,6 +226,8 @@ async def revise(
     conv = _Conversation(model, params or GenParams(), Usage())
     try:
         trace.initial = await conv.say(messages)
+        if conv.last_finish == "length":
+            trace.metadata["initial_truncated"] = True
     except ModelError as exc:
         trace.stop_reason, trace.error = "failed", exc.reason
         trace.metadata["error_message"] = str(exc)
@@ -267,12 +276,22 @@ async def revise(
             request=principle.revision,
             stop_phrases=stop_phrases,
             examples=examples,
+        ) or gate_reason(
+            step.revision,
+            gates,
+            finish_reason=conv.last_finish,
+            prompt_text=prompt_text(messages),
+            answer=current,
+            critique_text=f"{principle.critique}\n{step.critique}\n{principle.revision}",
+            language=constitution.language,
         )
         if bad:
             step.note = f"degenerate:{bad}"  # roll back: the next round critiques `current` again
         else:
             step.accepted = step.revision != current
             step.note = "" if step.accepted else "unchanged"
+            if step.accepted and conv.last_finish == "length":
+                step.note = "truncated"  # kept (on_truncated="keep") but flagged
             current = step.revision
             history = [*ask, {"role": "assistant", "content": current}]
         trace.steps.append(step)
