@@ -1,6 +1,6 @@
 """YAML input files with line numbers: parse with safe_load-level features only, and report
 every problem (syntax, duplicate keys, pydantic validation errors) as
-``file:line: field: message``. Any YAML input (constitutions, recipes, configs) can use it::
+``file:line: field: message``. Every YAML input (constitutions, recipes, serve configs) uses it::
 
     source = YamlFile(path, path.read_text(), error=MyError)
     try:
@@ -10,6 +10,11 @@ every problem (syntax, duplicate keys, pydantic validation errors) as
 
 A validator may raise ``PydanticCustomError("duplicate_name", ..., {"name", "index", "first"})``
 on a list of named items; the problem then points at the second item's ``name``.
+
+Anchors and aliases are allowed, but the work is bounded by the file's size: each node is
+walked once, and a document whose alias-expanded size exceeds ``EXPANSION_PER_BYTE`` nodes
+per byte of text (a "billion laughs" bomb) or that nests deeper than ``MAX_DEPTH`` is refused
+before anything walks the expanded data.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from pydantic import BaseModel, ValidationError
 Loc = tuple[Union[str, int], ...]
 # libyaml is ~6x faster; both give line marks and accept only safe_load-level YAML
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_DEPTH = 100
+EXPANSION_PER_BYTE = 20  # expanded nodes allowed per byte of text (plus MIN_EXPANSION)
+MIN_EXPANSION = 10_000
 
 
 @dataclass(frozen=True)
@@ -64,13 +72,23 @@ class YamlFile:
     """A parsed YAML mapping document: its node tree (for line numbers) and its plain data
     (``.data``). Problems are raised as ``error`` (an InputFileError subclass)."""
 
-    def __init__(self, file: str, text: str, error: type[InputFileError] = InputFileError,
-                 expect: str = "a mapping"):
+    def __init__(self, file: str, text: str | bytes, error: type[InputFileError] = InputFileError,
+                 expect: str = "a mapping", allow_empty: bool = False):
         self.file, self.exc_type = file, error
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                line = text.count(b"\n", 0, exc.start) + 1
+                raise self.exc_type([Problem(file, line, "", f"not UTF-8 text (byte 0x{text[exc.start]:02x})")]) from None
         try:
-            self.root = yaml.compose(text, Loader=_Loader)
+            try:
+                self.root = yaml.compose(text, Loader=_Loader)
+            except RecursionError:
+                raise self.exc_type([Problem(file, None, "yaml", f"nested deeper than {MAX_DEPTH} levels")]) from None
             if self.root is not None:
-                self._check_duplicate_keys(self.root, ())
+                self._check_shape(self.root, max(MIN_EXPANSION, EXPANSION_PER_BYTE * len(text)))
+                self._check_duplicate_keys(self.root)
                 self.data = _Loader("").construct_document(self.root)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
@@ -85,26 +103,65 @@ class YamlFile:
         except yaml.YAMLError as exc:
             raise self.exc_type([Problem(file, None, "yaml", str(exc))]) from None
         if self.root is None:
+            if allow_empty:
+                self.data = {}
+                return
             self.error((), f"file is empty; expected {expect}")
         if not isinstance(self.data, dict):
             self.error((), f"expected a mapping at the top level, got {type(self.data).__name__}")
 
-    def _check_duplicate_keys(self, node: yaml.Node, loc: Loc) -> None:
-        if isinstance(node, yaml.MappingNode):
-            first: dict[str, int] = {}
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
-                    line = key.start_mark.line + 1
-                    if key.value in first:
-                        raise self.exc_type([Problem(
-                            self.file, line, field_path((*loc, key.value)),
-                            f"duplicate key (first set at line {first[key.value]})",
-                        )])
-                    first[key.value] = line
-                self._check_duplicate_keys(value, (*loc, str(key.value)))
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                self._check_duplicate_keys(item, (*loc, index))
+    def _check_shape(self, root: yaml.Node, limit: int) -> None:
+        """Depth and alias-expanded size, visiting each node once (iteratively: no recursion)."""
+        size: dict[int, int] = {}
+        stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+        on_path: set[int] = set()
+        while stack:
+            node, depth, done = stack.pop()
+            if done:
+                on_path.discard(id(node))
+                total = 1 + sum(size[id(child)] for child in _children(node))
+                if total > limit:
+                    line = node.start_mark.line + 1
+                    raise self.exc_type([Problem(self.file, line, "yaml", "too many alias expansions")])
+                size[id(node)] = total
+                continue
+            if id(node) in size:
+                continue
+            if depth > MAX_DEPTH:
+                raise self.exc_type([Problem(self.file, node.start_mark.line + 1, "yaml",
+                                             f"nested deeper than {MAX_DEPTH} levels")])
+            if id(node) in on_path:  # a recursive alias (`&a [*a]`): infinitely large
+                raise self.exc_type([Problem(self.file, node.start_mark.line + 1, "yaml", "too many alias expansions")])
+            on_path.add(id(node))
+            stack.append((node, depth, True))
+            stack.extend((child, depth + 1, False) for child in _children(node) if id(child) not in size)
+
+    def _check_duplicate_keys(self, root: yaml.Node) -> None:
+        """Each mapping node once (an aliased mapping is checked where it is defined)."""
+        seen: set[int] = set()
+        problems: list[Problem] = []
+        stack: list[tuple[yaml.Node, Loc]] = [(root, ())]
+        while stack:
+            node, loc = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, yaml.MappingNode):
+                first: dict[str, int] = {}
+                for key, value in node.value:
+                    if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                        line = key.start_mark.line + 1
+                        if key.value in first:
+                            problems.append(Problem(
+                                self.file, line, field_path((*loc, key.value)),
+                                f"duplicate key (first set at line {first[key.value]})",
+                            ))
+                        first.setdefault(key.value, line)
+                stack.extend((value, (*loc, str(key.value))) for key, value in reversed(node.value))
+            elif isinstance(node, yaml.SequenceNode):
+                stack.extend((node.value[i], (*loc, i)) for i in reversed(range(len(node.value))))
+        if problems:  # the first in the file, as a top-down reader would find it
+            raise self.exc_type([min(problems, key=lambda p: p.line or 0)])
 
     def line_of(self, loc: Loc) -> int:
         """Line of the deepest node along ``loc`` (a key's line for a mapping entry)."""
@@ -164,6 +221,14 @@ class YamlFile:
                     message += f" (got {type(given).__name__}: {shown})"
             problems.append(self.problem(loc, message))
         return sorted(problems, key=lambda p: p.line or 0)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _model_at(model: type[BaseModel], path: Loc) -> type[BaseModel] | None:

@@ -119,8 +119,10 @@ class Recipe(_Strict):
         options = self.peft.model_dump(exclude={"merge"})
         return LoraConfig(task_type=task, **options)
 
-    def with_args(self, **changes: Any) -> "Recipe":
-        """A copy with some TRL args changed (CLI flags override recipe values)."""
+    def with_args(self, changed_by: str = "--set", **changes: Any) -> "Recipe":
+        """A copy with some TRL args changed (CLI flags override recipe values); errors in
+        ``changes`` name ``changed_by`` (the flag), not the recipe file."""
+        validate_args(self.trainer, changes, changed_by)
         return self.model_copy(update={"args": validate_args(self.trainer, {**self.args, **changes}, self.source)})
 
 
@@ -200,9 +202,14 @@ def load_recipe(name_or_path: str | Path | Recipe, **overrides: Any) -> Recipe:
             raise RecipeError(f"no recipe file {str(name_or_path)!r} and no shipped recipe of that name; shipped: {', '.join(shipped_recipes())}")
         path = shipped
     source = str(path)
-    yaml_file = YamlFile(source, path.read_text(encoding="utf-8"), error=RecipeError, expect="a recipe mapping")
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"{source}: cannot read recipe: {exc.strerror}") from None
+    yaml_file = YamlFile(source, text, error=RecipeError, expect="a recipe mapping")
     data = {**yaml_file.data, **overrides, "source": source}
-    deepspeed = (data.get("args") or {}).get("deepspeed")
+    args = data.get("args")
+    deepspeed = args.get("deepspeed") if isinstance(args, dict) else None
     if isinstance(deepspeed, str) and (path.parent / deepspeed).is_file():  # relative to the recipe
         data["args"] = {**data["args"], "deepspeed": str((path.parent / deepspeed).resolve())}
     problems: list[Problem] = []

@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cai.yamlfile import InputFileError, Problem, YamlFile
+
 ENV_PREFIX = "CAI_SERVE_"
 ROUTES = ("chat", "models", "judge", "reward", "metrics")
 
@@ -91,25 +93,23 @@ class ServeConfig(_Strict):
         return self
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(InputFileError):
+    """A serve config (file, environment or flag) that cannot be used."""
+
+    def __init__(self, problems: list[Problem] | str):
+        if isinstance(problems, str):
+            self.problems = []
+            ValueError.__init__(self, problems)
+        else:
+            super().__init__(problems)
 
 
-def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
-    """Map each key path in a YAML mapping document to its 1-based line."""
-    lines: dict[tuple[str, ...], int] = {}
-
-    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                sub = (*path, str(key.value))
-                lines[sub] = key.start_mark.line + 1
-                walk(value, sub)
-
-    root = yaml.compose(text)
-    if root is not None:
-        walk(root, ())
-    return lines
+def _line(source: YamlFile | None, loc: tuple[str, ...]) -> int | None:
+    """Line of the longest prefix of ``loc`` present in the file (None: not from the file)."""
+    root = source.root if source is not None else None
+    if not isinstance(root, yaml.MappingNode) or not any(k.value == loc[0] for k, _ in root.value if loc):
+        return None
+    return source.line_of(loc)
 
 
 def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
@@ -126,7 +126,11 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
     for name, raw in (os.environ if environ is None else environ).items():
         if name.startswith(ENV_PREFIX):
             path = name[len(ENV_PREFIX):].lower().split("__")
-            _set_path(out, path, yaml.safe_load(raw) if raw else raw)
+            try:
+                value = yaml.safe_load(raw) if raw else raw
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"environment variable {name}: not a YAML value ({exc})") from None
+            _set_path(out, path, value)
     return out
 
 
@@ -147,21 +151,16 @@ def load_config(
 ) -> ServeConfig:
     """YAML file (optional) < environment < ``overrides`` (dotted keys or nested dicts)."""
     data: dict[str, Any] = {}
-    lines: dict[tuple[str, ...], int] = {}
+    source: YamlFile | None = None
     where = "<defaults>"
     if path is not None:
         where = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            raw = Path(path).read_bytes()
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
-        try:
-            data = yaml.safe_load(text) or {}
-            lines = _yaml_lines(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}:1: top level must be a mapping of config fields")
+        source = YamlFile(where, raw, error=ConfigError, expect="a mapping of config fields", allow_empty=True)
+        data = source.data
     data = _merge(data, env_overrides(environ))
     for key, value in (overrides or {}).items():
         if value is not None:
@@ -172,7 +171,7 @@ def load_config(
         problems = []
         for err in exc.errors():
             loc = tuple(str(p) for p in err["loc"])
-            line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+            line = _line(source, loc)
             field = ".".join(loc) or "(top level)"
             prefix = f"{where}:{line}" if line else where
             problems.append(f"{prefix}: field {field}: {err['msg']}")
