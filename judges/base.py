@@ -159,6 +159,7 @@ class PointwiseJudge(ABC):
 
     name: str = "pointwise"
     higher_is_better: bool = True
+    scale: tuple[float, float] | None = None  # (lowest, highest) score; None: unbounded or unknown
 
     @abstractmethod
     async def score(self, prompt: Prompt, response: str) -> Score: ...

@@ -77,6 +77,7 @@ class RubricJudge(PointwiseJudge):
         if high <= low:
             raise ValueError(f"scale high ({high}) must be above low ({low})")
         self.model, self.rubric, self.low, self.high = model, rubric, low, high
+        self.scale = (float(low), float(high))
         self.logprobs, self.top_logprobs = logprob_settings(model, logprobs, top_logprobs)
         self.json_output = (model.capabilities.structured_output if json_output is None else json_output) and not self.logprobs
         self.retries = retries

@@ -41,6 +41,7 @@ class RefusalJudge(PointwiseJudge):
     """
 
     name = "rules:refusal"
+    scale = (0.0, 1.0)
 
     def __init__(self, *, languages: tuple[str, ...] | None = None, window: int = 300, extra: tuple[str, ...] = ()):
         langs = languages or tuple(REFUSAL_PATTERNS)
@@ -65,6 +66,8 @@ class RefusalJudge(PointwiseJudge):
 class LengthJudge(PointwiseJudge):
     """1.0 when the response length (in ``unit``) lies within [min_length, max_length]."""
 
+    scale = (0.0, 1.0)
+
     def __init__(self, min_length: int = 0, max_length: int | None = None, *, unit: str = "words"):
         if unit not in ("words", "chars"):
             raise ValueError(f"unit must be 'words' or 'chars', got {unit!r}")
@@ -80,6 +83,8 @@ class LengthJudge(PointwiseJudge):
 
 class RegexJudge(PointwiseJudge):
     """1.0 when ``pattern`` is found in the response (or, with ``must_match=False``, is not)."""
+
+    scale = (0.0, 1.0)
 
     def __init__(self, pattern: str, *, must_match: bool = True, ignore_case: bool = False):
         try:

@@ -23,6 +23,7 @@ class ViolationJudge(PointwiseJudge):
     """
 
     higher_is_better = False
+    scale = (0.0, 1.0)
 
     def __init__(
         self,

@@ -34,7 +34,7 @@ def test_reward_in_openrlhf_shape(judge_server):
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["rewards"] == [1.0, 0.0]  # rules:refusal scores refusals 1.0
-    assert [s["status"] for s in out["scores"]] == ["ok", "ok"]
+    assert [s["status"] for s in out["details"]] == ["ok", "ok"]
     # query only (older OpenRLHF): the whole string is judged
     r = httpx.post(judge_server.base_url + "/reward", json={"query": ["I cannot do that."]}, headers=REWARD)
     assert r.json()["rewards"] == [1.0]

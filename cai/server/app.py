@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cai.models.base import ChatModel
 from cai.server.auth import KeyStore
 from cai.server.config import ServeConfig
-from cai.server.errors import APIError, error_bytes, install_error_handlers
+from cai.server.errors import AnswerErrors, APIError, error_bytes, install_error_handlers
 from cai.server.metrics import Metrics
 from cai.wrapper import ConstitutionalWrapper
 
@@ -36,6 +36,7 @@ class ServerState:
     metrics: Metrics
     pairwise: Any = None  # judges.PairwiseJudge for /v1/judge
     pointwise: Any = None  # judges.PointwiseJudge for /v1/judge and /v1/reward
+    rewards: Any = None  # cai.server.reward_queue.RewardQueue over the pointwise judge
     in_flight: int = 0
 
 
@@ -108,20 +109,21 @@ class GuardMiddleware:
                 metrics.rejected.labels("body_too_large").inc()
                 status_box[0] = 413
                 return await self._reject(send, 413, f"request body exceeds {limit} bytes", "body_too_large")
-            if state.in_flight >= state.config.limits.max_concurrency:
+            counted = route != "reward"  # reward requests wait in their own bounded queue (503 when full)
+            if counted and state.in_flight >= state.config.limits.max_concurrency:
                 metrics.rejected.labels("overloaded").inc()
                 status_box[0] = 429
                 return await self._reject(send, 429, "server is at its concurrency limit; retry shortly",
                                           "overloaded", [(b"retry-after", b"1")])
-            state.in_flight += 1
-            metrics.in_flight.inc()
+            state.in_flight += counted
+            metrics.in_flight.inc(counted)
             try:
                 await self.app(scope, _bounded_receive(receive, limit, too_large), send_status)
             except _BodyTooLarge:
                 pass
             finally:
-                state.in_flight -= 1
-                metrics.in_flight.dec()
+                state.in_flight -= counted
+                metrics.in_flight.dec(counted)
             if too_large[0]:
                 metrics.rejected.labels("body_too_large").inc()
                 status_box[0] = 413
@@ -177,10 +179,16 @@ def create_app(
         pairwise=pairwise if pairwise is not None else (j.pairwise and _load_judge(j.pairwise, j.options, up)),
         pointwise=pointwise if pointwise is not None else (j.pointwise and _load_judge(j.pointwise, j.options, up)),
     )
+    if state.pointwise is not None:
+        from cai.server.reward_queue import RewardQueue
+
+        state.rewards = RewardQueue.for_config(state.pointwise, config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        if state.rewards is not None:
+            await state.rewards.aclose()
         for judge in (state.pairwise, state.pointwise, *state.wrapper.judges):
             if judge is not None and hasattr(judge, "aclose"):
                 await judge.aclose()
@@ -191,6 +199,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(judge_router)
+    app.add_middleware(AnswerErrors)  # inside GuardMiddleware, which counts the 500
     app.add_middleware(GuardMiddleware, state=state)
     return app
 

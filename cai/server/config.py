@@ -50,9 +50,15 @@ class JudgeEndpointConfig(_Strict):
     pairwise: str | None = None
     pointwise: str | None = None
     options: dict[str, Any] = {}
-    # OpenRLHF needs a number for every item: what an unscored (unparseable/failed) item gets
-    unscored_reward: float = 0.0
+    # OpenRLHF needs a number for every item: what an unscored (unparseable/failed) item gets;
+    # None: the judge's worst reward (a judge without a known scale then needs a value)
+    unscored_reward: float | None = None
     concurrency: int = Field(default=16, ge=1)
+    # /v1/reward items waiting for the judge; more -> 503 (single-item requests are batched)
+    max_queue: int = Field(default=4096, ge=1)
+    # a local HF tokenizer folder whose chat template OpenRLHF's templated 'query' is parsed
+    # with; None: the common ChatML / Llama / Gemma / Mistral markers are recognised
+    tokenizer: str | None = None
 
 
 class LimitsConfig(_Strict):

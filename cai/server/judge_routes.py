@@ -11,17 +11,30 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.server.app import ServerState, require, state_of
+from cai.server.chat_markup import Markup, split_query
 from cai.server.errors import APIError
+from cai.server.openai_api import ChatMessage
+from cai.server.reward_queue import QueueFull, reward_sign
 from cai.server.routes import _bounded
 
 router = APIRouter()
 
-Prompt = str | list[dict[str, str]]
+Prompt = str | list[dict[str, Any]]  # as judges take it
+PromptIn = str | list[ChatMessage]  # as clients send it: text, or a conversation (content parts allowed)
+
+
+def as_prompt(prompt: PromptIn) -> Prompt:
+    if isinstance(prompt, str):
+        return prompt
+    try:
+        return [m.as_message() for m in prompt]
+    except ValueError as exc:
+        raise APIError(400, f"invalid prompt: {exc}", code="invalid_request", param="prompt") from None
 
 
 class JudgeItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: Prompt
+    prompt: PromptIn
     response: str | None = None  # pointwise
     a: str | None = None  # pairwise
     b: str | None = None
@@ -71,9 +84,9 @@ async def judge(request: Request) -> dict[str, Any]:
     conc = state.config.judge.concurrency
     pairs = [(i, it) for i, it in enumerate(req.items) if it.a is not None]
     points = [(i, it) for i, it in enumerate(req.items) if it.a is None]
-    pair_job = (_judge(state, "pairwise").compare_many([(it.prompt, it.a, it.b) for _, it in pairs],
+    pair_job = (_judge(state, "pairwise").compare_many([(as_prompt(it.prompt), it.a, it.b) for _, it in pairs],
                                                        concurrency=conc) if pairs else _nothing())
-    point_job = (_judge(state, "pointwise").score_many([(it.prompt, it.response) for _, it in points],
+    point_job = (_judge(state, "pointwise").score_many([(as_prompt(it.prompt), it.response) for _, it in points],
                                                        concurrency=conc) if points else _nothing())
     pair_out, point_out = await _bounded(state, asyncio.gather(pair_job, point_job))
     results: list[dict[str, Any]] = [{} for _ in req.items]
@@ -85,13 +98,13 @@ async def judge(request: Request) -> dict[str, Any]:
 
 class RewardItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: Prompt
+    prompt: PromptIn
     response: str
 
 
 class RewardRequest(BaseModel):
     """Either cai's shape {"items": [{"prompt", "response"}]} or OpenRLHF's remote reward
-    shape {"query": [prompt+response, ...], "prompts": [...], "labels": [...]}."""
+    shape {"query": [templated prompt + response, ...], "prompts": [...], "labels": [...]}."""
 
     model_config = ConfigDict(extra="allow")
     items: list[RewardItem] | None = None
@@ -107,39 +120,34 @@ class RewardRequest(BaseModel):
             raise ValueError(f"'prompts' has {len(self.prompts)} entries, 'query' has {len(self.query)}")
         return self
 
-    def pairs(self) -> list[tuple[Prompt, str]]:
+    def pairs(self, markup: Markup | None) -> list[tuple[Prompt, str]]:
         if self.items is not None:
-            return [(it.prompt, it.response) for it in self.items]
-        pairs: list[tuple[Prompt, str]] = []
-        for i, query in enumerate(self.query or []):
-            prompt = self.prompts[i] if self.prompts is not None else ""
-            # OpenRLHF sends prompt + response as one string; the prompt is its prefix
-            if prompt and query.startswith(prompt):
-                pairs.append((prompt, query[len(prompt):]))
-            else:
-                pairs.append((prompt, query))
-        return pairs
+            return [(as_prompt(it.prompt), it.response) for it in self.items]
+        prompts = self.prompts or [None] * len(self.query or [])
+        return [split_query(q, p, markup) for q, p in zip(self.query or [], prompts)]
 
 
 @router.post("/v1/reward", dependencies=[Depends(require("reward"))])
 async def reward(body: RewardRequest, request: Request) -> dict[str, Any]:
+    """``rewards`` and ``scores`` are plain numbers per item (OpenRLHF tensors both; an item the
+    judge could not score gets ``judge.unscored_reward`` there, None in cai's shape);
+    ``extra_logs`` values are numbers per item; the judge's verdicts are under ``details``."""
     state = state_of(request)
-    pairs = body.pairs()
-    _check_batch(state, len(pairs))
     judge = _judge(state, "pointwise")
-    cfg = state.config.judge
+    queue = state.rewards
+    pairs = body.pairs(queue.markup)
+    _check_batch(state, len(pairs))
     start = time.perf_counter()
-    scores = await _bounded(state, judge.score_many(pairs, concurrency=cfg.concurrency))
+    try:
+        scores = await _bounded(state, queue.score(pairs))
+    except QueueFull as exc:
+        state.metrics.rejected.labels("reward_queue_full").inc()
+        raise APIError(503, str(exc), code="reward_queue_full", headers={"retry-after": "1"}) from None
     state.metrics.stage.labels("reward").observe(time.perf_counter() - start)
-    # as judges.trl does: the score, negated for lower-is-better judges (ViolationJudge)
-    sign = 1.0 if getattr(judge, "higher_is_better", True) else -1.0
+    sign = reward_sign(judge)
     rewards: list[float | None] = [sign * s.value if s.ok and s.value is not None else None for s in scores]
-    unscored = sum(r is None for r in rewards)
+    unscored = [float(r is None) for r in rewards]
     if body.query is not None:
-        # OpenRLHF turns rewards into a tensor: unscored items get the configured fill value
-        rewards = [cfg.unscored_reward if r is None else r for r in rewards]
-    return {
-        "rewards": rewards,
-        "scores": [s.to_dict() for s in scores],
-        "extra_logs": {"unscored": unscored},
-    }
+        rewards = [queue.unscored if r is None else r for r in rewards]
+    return {"rewards": rewards, "scores": rewards, "extra_logs": {"unscored": unscored},
+            "details": [s.to_dict() for s in scores]}
