@@ -1,0 +1,28 @@
+"""`cai report RUN [RUN ...] [--out FILE]`: one self-contained HTML page (see ``cai.report``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def report(
+    sources: List[Path] = typer.Argument(..., help="cai generate run directories and/or training output folders."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default: RUN/report.html for one run, else ./report.html)."),
+) -> None:
+    """Statistics, plots and a sample browser for runs (side by side when several), and the
+    loss / reward curves of training folders; also writes each run's report.json."""
+    from cai.report import ReportError, write_report
+
+    try:
+        path = write_report(sources, out)
+    except ReportError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(str(path))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)
