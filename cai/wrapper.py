@@ -92,6 +92,34 @@ class _CallLog(ModelWrapper):
         return out
 
 
+def as_text_conversation(messages: Sequence[Message]) -> list[Message]:
+    """The conversation as the critique/revision loop and the judges take it (system, user and
+    assistant text turns): a tool call becomes the assistant's text, a tool result a user turn."""
+    out: list[Message] = []
+    for m in messages:
+        role, content = m.get("role"), m.get("content") or ""
+        if role == "tool":
+            out.append({"role": "user", "content": f"[tool result]\n{content}"})
+        elif role == "assistant" and m.get("tool_calls"):
+            calls = "\n".join(f"[tool call] {c.get('function', {}).get('name')}({c.get('function', {}).get('arguments', '')})"
+                              for c in m["tool_calls"])  # type: ignore[union-attr]
+            out.append({"role": "assistant", "content": f"{content}\n{calls}".strip()})
+        else:
+            out.append({"role": str(role), "content": content})
+    return out
+
+
+def _final_finish(trace: Trace, initial: Completion) -> str:
+    """Why the answer that is sent ended: the initial answer's reason, or ``length`` when the
+    revision that became the final answer was cut off (``revise`` notes it as truncated)."""
+    if trace.final == initial.text:
+        return initial.finish_reason
+    for step in reversed(trace.steps):
+        if step.revision == trace.final:
+            return "length" if step.note == "truncated" else "stop"
+    return "stop"
+
+
 def _score_value(score: Any) -> float | None:
     """p(violation) from a judge result; None when the judge could not say."""
     if isinstance(score, (int, float)):
@@ -167,7 +195,7 @@ class ConstitutionalWrapper(ChatModel):
         log.calls.clear()
         trace = Trace(
             id="",
-            prompt=prompt,
+            prompt=as_text_conversation(prompt),
             initial=initial.text,
             final=initial.text,
             stop_reason="completed",
@@ -180,7 +208,7 @@ class ConstitutionalWrapper(ChatModel):
         flagged = self.mode == "always"
         if self.judges and self.mode != "off":
             start = time.perf_counter()
-            results = await asyncio.gather(*(j.score(prompt, initial.text) for j in self.judges))
+            results = await asyncio.gather(*(j.score(trace.prompt, initial.text) for j in self.judges))
             judge_usage = sum((getattr(r, "usage", Usage()) for r in results), Usage())
             stages.append(StageTiming("judge", time.perf_counter() - start, judge_usage))
             trace.usage = trace.usage + judge_usage
@@ -202,8 +230,10 @@ class ConstitutionalWrapper(ChatModel):
         trace.metadata["stages"] = [s.to_dict() for s in stages]
         return WrappedCompletion(
             text=trace.final,
-            finish_reason=finish,
+            finish_reason=finish,  # type: ignore[arg-type]
             usage=trace.usage,
+            # log-probs describe the initial answer only; a revised or refused text has none
+            logprobs=initial.logprobs if trace.final == initial.text and trace.metadata["action"] == "passed" else None,
             model=self.spec,
             trace=trace,
         )
@@ -247,4 +277,4 @@ class ConstitutionalWrapper(ChatModel):
         else:  # e.g. an empty answer: nothing usable came out of the loop, the answer stands
             trace.metadata["action"] = "kept"
             trace.metadata["revise_error"] = revised.error
-        return "stop"
+        return _final_finish(trace, initial)

@@ -161,6 +161,13 @@ class _Handler:
         message: dict[str, Any] = {"role": "assistant", "content": " ".join(kept)}
         choice: dict[str, Any] = {"index": 0, "message": message,
                                   "finish_reason": "length" if len(kept) < len(words) else "stop", "logprobs": None}
+        if req.get("tools"):  # call the first tool, as a tool-calling model would
+            name = req["tools"][0]["function"]["name"]
+            message.update(content=None, tool_calls=[{"id": "call_stub", "type": "function",
+                                                      "function": {"name": name, "arguments": "{}"}}])
+            choice["finish_reason"] = "tool_calls"
+        elif (req.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
+            message["content"] = json.dumps({"reply": message["content"]})
         if req.get("logprobs"):
             top_n = int(req.get("top_logprobs") or 0)
             tokens = [w if i == 0 else " " + w for i, w in enumerate(kept)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,6 +25,7 @@ _TYPES = {
     503: "server_error",
     504: "timeout_error",
 }
+logger = logging.getLogger("cai.server")
 
 
 class APIError(Exception):
@@ -72,3 +74,35 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return error_response(500, f"internal error: {type(exc).__name__}", "internal_error")
+
+
+class AnswerErrors:
+    """ASGI middleware: an unexpected exception becomes a 500 OpenAI-style error (or ends a
+    started stream) here, inside Starlette's ServerErrorMiddleware, which re-raises after its
+    own 500 and so makes uvicorn drop the keep-alive connection."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = [False]
+
+        async def tracked(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                started[0] = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            logger.exception("unexpected error on %s", scope.get("path"))
+            if started[0]:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            body = error_bytes(500, f"internal error: {type(exc).__name__}", "internal_error")
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})

@@ -1,22 +1,28 @@
 """The slice of the OpenAI chat-completions API that `cai serve` speaks: request model,
-response and SSE chunk builders."""
+response and SSE chunk builders (fields as vLLM's OpenAI server sends them)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cai.models.base import GenParams, Message
+from cai.models.base import GenParams, Message, TokenLogprob
 
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
     text: str | None = None
+
+
+# the fields of a tool-calling turn, kept so an OpenAI-compatible upstream gets a valid conversation
+TOOL_FIELDS = ("tool_calls", "tool_call_id", "name")
 
 
 class ChatMessage(BaseModel):
@@ -33,7 +39,11 @@ class ChatMessage(BaseModel):
         else:
             content = self.content or ""
         role = "system" if self.role == "developer" else self.role
-        return {"role": role, "content": content}
+        message: dict[str, Any] = {"role": role, "content": content}
+        for name in TOOL_FIELDS:
+            if (value := (self.model_extra or {}).get(name)) is not None:
+                message[name] = value
+        return message  # type: ignore[return-value]
 
 
 class CaiOptions(BaseModel):
@@ -44,6 +54,12 @@ class CaiOptions(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
     include_usage: bool = False
+
+
+# fields the critique/revision loop cannot honour: mode ``off`` sends them to an
+# OpenAI-compatible upstream as they are, revising modes answer 400 naming the field
+UPSTREAM_ONLY = ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "response_format")
+MAX_N = 16
 
 
 class ChatRequest(BaseModel):
@@ -57,7 +73,9 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     stream: bool = False
     stream_options: StreamOptions | None = None
     cai: CaiOptions = CaiOptions()
@@ -72,6 +90,21 @@ class ChatRequest(BaseModel):
     def chat_messages(self) -> list[Message]:
         return [m.as_message() for m in self.messages]
 
+    def upstream_only(self) -> list[str]:
+        """The set fields of UPSTREAM_ONLY, in that order."""
+        extra = self.model_extra or {}
+        return [name for name in UPSTREAM_ONLY if extra.get(name) is not None]
+
+    def upstream_body(self, upstream_model: str) -> dict[str, Any]:
+        """The request as an OpenAI-compatible upstream takes it (never streamed: the route
+        re-streams the answer)."""
+        body = self.model_dump(exclude_none=True, exclude={"cai", "stream", "stream_options"})
+        body["model"] = upstream_model
+        body["messages"] = [m.model_dump(exclude_none=True) for m in self.messages]
+        if not self.logprobs:
+            body.pop("logprobs", None)
+        return body
+
     def gen_params(self, default_max_tokens: int = 256) -> GenParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return GenParams(
@@ -80,6 +113,8 @@ class ChatRequest(BaseModel):
             top_p=1.0 if self.top_p is None else self.top_p,
             stop=stop,
             seed=self.seed,
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs or 0,
         )
 
 
@@ -87,7 +122,12 @@ def new_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
-def _usage(usage: Any) -> dict[str, int]:
+def fingerprint(*parts: str) -> str:
+    """``system_fingerprint``: changes when the upstream, the mode or the constitution does."""
+    return "fp_" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
+def usage_body(usage: Any) -> dict[str, int]:
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -95,20 +135,49 @@ def _usage(usage: Any) -> dict[str, int]:
     }
 
 
-def completion_body(cid: str, model: str, text: str, finish: str, usage: Any,
-                    trace: dict[str, Any] | None) -> dict[str, Any]:
+def logprobs_body(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    if logprobs is None:
+        return None
+    return {"content": [
+        {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode("utf-8")),
+         "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode("utf-8"))} for k, v in t.top.items()]}
+        for t in logprobs]}
+
+
+@dataclass
+class Choice:
+    """One answer of a response: text or tool calls, why it ended, its log-probs."""
+
+    text: str | None
+    finish_reason: str
+    logprobs: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.text, "refusal": None}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        return message
+
+
+def choices_of(upstream: dict[str, Any]) -> list[Choice]:
+    """The choices of an upstream chat-completion body."""
+    return [Choice(c.get("message", {}).get("content"), c.get("finish_reason") or "stop", c.get("logprobs"),
+                   c.get("message", {}).get("tool_calls"))
+            for c in sorted(upstream.get("choices") or [], key=lambda c: c.get("index", 0))]
+
+
+def completion_body(cid: str, model: str, choices: list[Choice], usage: dict[str, int], fp: str,
+                    trace: Any = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": cid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": finish,
-            "logprobs": None,
-        }],
-        "usage": _usage(usage),
+        "choices": [{"index": i, "message": c.message(), "finish_reason": c.finish_reason,
+                     "logprobs": c.logprobs} for i, c in enumerate(choices)],
+        "usage": usage,
+        "system_fingerprint": fp,
     }
     if trace is not None:
         body["cai_trace"] = trace
@@ -126,22 +195,32 @@ def _pieces(text: str, size: int = 16) -> Iterator[str]:
         start = end
 
 
-def sse_chunks(cid: str, model: str, text: str, finish: str, usage: Any, trace: dict[str, Any] | None,
+def sse_chunks(cid: str, model: str, choices: list[Choice], usage: dict[str, int], fp: str, trace: Any,
                include_usage: bool) -> Iterator[bytes]:
+    """The SSE stream of a finished response: per choice a role chunk, text pieces (or its tool
+    calls), a finish chunk; then the usage chunk when asked for, then ``[DONE]``."""
     created = int(time.time())
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None, **extra: Any) -> bytes:
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
-                **extra}
+    def event(body: dict[str, Any]) -> bytes:
         return b"data: " + json.dumps(body, ensure_ascii=False).encode("utf-8") + b"\n\n"
 
-    yield chunk({"role": "assistant", "content": ""}, None)
-    for piece in _pieces(text):
-        yield chunk({"content": piece}, None)
-    yield chunk({}, finish, **({"cai_trace": trace} if trace is not None else {}))
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None,
+              logprobs: Any = None, **extra: Any) -> bytes:
+        return event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                      "system_fingerprint": fp,
+                      "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason,
+                                   "logprobs": logprobs}], **extra})
+
+    for i, c in enumerate(choices):
+        yield chunk(i, {"role": "assistant", "content": ""})
+        if c.tool_calls:
+            yield chunk(i, {"tool_calls": [{"index": k, **call} for k, call in enumerate(c.tool_calls)]})
+        for piece in _pieces(c.text or ""):
+            yield chunk(i, {"content": piece})
+        last = i == len(choices) - 1
+        yield chunk(i, {}, c.finish_reason, c.logprobs,
+                    **({"cai_trace": trace} if trace is not None and last else {}))
     if include_usage:
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [], "usage": _usage(usage)}
-        yield b"data: " + json.dumps(body).encode("utf-8") + b"\n\n"
+        yield event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                     "system_fingerprint": fp, "choices": [], "usage": usage})
     yield b"data: [DONE]\n\n"
