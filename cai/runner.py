@@ -59,7 +59,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cai.models.base import ModelError, Usage
-from cai.store import ConfigMismatchError, RunStore
+from cai.store import ConfigMismatchError, RunStore, sample_scope
 
 
 @dataclass
@@ -281,7 +281,8 @@ class Runner:
         async def run_one(sample: Sample) -> None:
             nonlocal done, printed_trace
             try:
-                outcome = await work(sample)
+                with sample_scope(sample.id):  # sampled calls are cached per sample
+                    outcome = await work(sample)
             except ModelError as exc:
                 outcome = Outcome(record={"id": sample.id, "error": str(exc)}, failed=exc.reason)
             except Exception as exc:  # a bug or bad data must not kill the whole run

@@ -9,7 +9,8 @@ One file, ``state.sqlite``, in the run directory (WAL mode: a committed transact
   differ, unless ``new_run=True`` (the old directory is moved aside, never deleted).
 - ``samples``: one row per sample: status (``done`` | ``failed``), failure reason, the result
   record (JSON), whether its output lines are written, attempts, counters.
-- ``calls``: finished LLM calls keyed by ``cai.models.call_key`` (model spec, params, messages).
+- ``calls``: finished LLM calls keyed by ``cai.models.call_key`` (model spec, params, messages;
+  for a sampled call, temperature > 0, also the sample id: see ``sample_scope``).
   ``CachedModel(model, store)`` serves a call from here when it finished before, so a resumed
   or repeated run never pays for the same call twice. ``model_calls`` counts real calls over the
   life of the run (persisted with each insert), so ``model_calls == cached_calls`` holds iff no
@@ -19,7 +20,10 @@ One file, ``state.sqlite``, in the run directory (WAL mode: a committed transact
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import fcntl
+import hashlib
 import json
 import os
 import sqlite3
@@ -29,8 +33,30 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from cai.models.base import ChatModel, Completion, GenParams, Message, ModelWrapper, Usage, call_key
+from cai.redact import scrub
 
 DB_NAME = "state.sqlite"
+_SAMPLE: contextvars.ContextVar[str | None] = contextvars.ContextVar("cai_sample", default=None)
+
+
+@contextlib.contextmanager
+def sample_scope(sample_id: str) -> Iterator[None]:
+    """Calls made inside belong to this sample (the runner wraps each sample's work in it):
+    a sampled call (temperature > 0) is cached per sample, so two samples with the same prompt
+    get independent answers while a rerun of one sample still hits its cache."""
+    token = _SAMPLE.set(sample_id)
+    try:
+        yield
+    finally:
+        _SAMPLE.reset(token)
+
+
+def sample_call_key(spec: str, messages: Sequence[Message], params: GenParams) -> str:
+    key = call_key(spec, messages, params)
+    sample = _SAMPLE.get()
+    if params.temperature > 0 and sample is not None:
+        key = hashlib.sha256(f"{key}\0sample={sample}".encode("utf-8")).hexdigest()
+    return key
 LOCK_NAME = ".lock"
 
 _SCHEMA = """
@@ -254,6 +280,9 @@ class RunStore:
     ) -> None:
         """Record a sample's outcome (``failed`` is the reason, else it is done)."""
         status = "failed" if failed else "done"
+        text = json.dumps(record, ensure_ascii=False) if record is not None else None
+        if failed:  # an error message can quote what the upstream echoed (keys, auth headers)
+            failed, text = scrub(failed), scrub(text) if text is not None else None
         with self._db:
             self._db.execute("BEGIN")
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM samples").fetchone()[0]
@@ -268,7 +297,7 @@ class RunStore:
                     input_hash,
                     status,
                     failed,
-                    json.dumps(record, ensure_ascii=False) if record is not None else None,
+                    text,
                     _dumps(counters or {}),
                     seq,
                     time.time(),
@@ -329,8 +358,10 @@ class RunStore:
 class CachedModel(ModelWrapper):
     """A ChatModel that serves finished calls from a run store and records new ones.
 
-    The key is ``call_key(model.spec, messages, params)``. Concurrent identical calls share
-    one request. Only successful completions are cached; errors propagate unchanged.
+    The key is ``call_key(model.spec, messages, params)`` (per sample when sampled, see
+    ``sample_scope``). Concurrent identical calls share one request. Only successful, non-empty
+    completions are cached (remote backends raise an empty one as a transient error; a local
+    model's empty answer is returned but a rerun asks again).
     ``store.hits``/``store.misses``/``store.usage`` count this process's cached and real calls.
     """
 
@@ -341,7 +372,7 @@ class CachedModel(ModelWrapper):
 
     async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
         params = params or GenParams()
-        key = call_key(self.spec, messages, params)
+        key = sample_call_key(self.spec, messages, params)
         cached = self.store.get_call(key)
         if cached is not None:
             self.store.hits += 1
@@ -363,7 +394,8 @@ class CachedModel(ModelWrapper):
             raise
         finally:
             self._inflight.pop(key, None)
-        self.store.put_call(key, completion)
+        if completion.text or completion.logprobs:  # an empty answer is never replayed
+            self.store.put_call(key, completion)
         self.store.misses += 1
         self.store.usage = self.store.usage + Usage(
             completion.usage.prompt_tokens, completion.usage.completion_tokens, 1

@@ -11,12 +11,14 @@ import asyncio
 import os
 import weakref
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import openai
 
 from cai.models.base import PermanentModelError
 from cai.models.openai_compat import RemoteChatModel
+from cai.redact import register_secret
 
 
 def _http_client(max_connections: int) -> httpx.AsyncClient:
@@ -55,6 +57,10 @@ class OpenAIChatModel(RemoteChatModel):
             raise PermanentModelError(
                 "no OpenAI API key: set OPENAI_API_KEY, or pass base_url for a local server", reason="auth"
             )
+        if self.base_url and urlsplit(self.base_url).username is not None:
+            raise PermanentModelError("openai: base_url must not hold user:password@ credentials; pass api_key",
+                                      reason="bad_config")
+        register_secret(key)
         self._api_key = key or "EMPTY"
         self.extra_body = extra_body
         # httpx pools belong to one event loop; keep one client per loop

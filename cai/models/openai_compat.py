@@ -29,6 +29,7 @@ from cai.models.base import (
     Usage,
 )
 from cai.models.policy import CallPolicy, RetryConfig
+from cai.redact import scrub
 
 _CONTEXT_PATTERNS = re.compile(
     r"context length|context_length|context window|maximum context|too many tokens|prompt is too long"
@@ -90,8 +91,13 @@ def parse_completion(response: Any, *, model: str, want_logprobs: bool) -> Compl
     if not choices:
         raise TransientModelError("response has no choices", reason="bad_response")
     choice = choices[0]
-    text = _get(_get(choice, "message"), "content") or ""
+    text = _get(_get(choice, "message"), "content")
     finish = _get(choice, "finish_reason")
+    # `content: null` or "" with status 200 is a failed call, not an empty answer (a judge's
+    # one-token answer may be empty text with its log-probs)
+    if not text and not (want_logprobs and _get(_get(choice, "logprobs"), "content")):
+        raise TransientModelError(f"response has no content (finish_reason {finish!r})", reason="empty_completion")
+    text = text or ""
     usage = _get(response, "usage")
     return Completion(
         text=text,
@@ -122,26 +128,32 @@ def _retry_after(exc: Any) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
-def _dropped_connection(exc: BaseException) -> bool:
-    """aiohttp's transport reports a connection the server dropped as httpx.ConnectTimeout;
-    its cause chain still names the real event."""
+def _connection_failure(exc: BaseException) -> BaseException | None:
+    """aiohttp's transport reports a refused or dropped connection as httpx.ConnectTimeout;
+    its cause chain still names the real event (an OSError, or aiohttp's connection errors)."""
     cause = exc.__cause__ or exc.__context__
     while cause is not None:
-        if type(cause).__name__ in ("ServerDisconnectedError", "ClientOSError"):
-            return True
+        name = type(cause).__name__
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError) or name in (
+            "ServerDisconnectedError", "ClientOSError", "ClientConnectorError", "ClientConnectorDNSError",
+        ):
+            return cause
         cause = cause.__cause__ or cause.__context__
-    return False
+    return None
 
 
 def map_error(exc: BaseException) -> ModelError:
     """Typed cai error for an openai (or LiteLLM) SDK exception; unknown errors are permanent."""
     if isinstance(exc, ModelError):
         return exc
-    message = str(exc)
-    if isinstance(exc, openai.APITimeoutError) and not _dropped_connection(exc):
+    # upstream error bodies can quote credentials (some proxies echo the Authorization header)
+    message = scrub(str(exc), limit=300)
+    dropped = _connection_failure(exc)
+    if isinstance(exc, openai.APITimeoutError) and dropped is None:
         return TransientModelError(f"request timed out: {message}", reason="timeout")
     if isinstance(exc, openai.APIConnectionError):
-        return TransientModelError(f"connection failed: {message}", reason="connection")
+        detail = scrub(str(dropped), limit=300) if dropped is not None else message
+        return TransientModelError(f"connection failed: {detail}", reason="connection")
     if isinstance(exc, openai.APIResponseValidationError) or isinstance(exc, json.JSONDecodeError):
         return TransientModelError(f"malformed response: {message}", reason="bad_response")
     status = getattr(exc, "status_code", None)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from cai.server.config import ROUTES, AuthConfig, ConfigError
 
 ALL = frozenset(ROUTES)
+# a comment starts a line or follows whitespace; a '#' inside a key is part of the key
+_COMMENT = re.compile(r"(^|\s)#.*$")
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,11 @@ def _digest(key: str) -> bytes:
 
 
 def parse_keys(text: str, where: str, sep: str = "\n") -> list[_Key]:
-    """Entries "KEY" (every route) or "KEY route1,route2" ('*' = every route)."""
+    """Entries "KEY" (every route) or "KEY route1,route2" ('*' = every route); ``#`` at the start
+    of a line or after whitespace begins a comment."""
     keys = []
     for lineno, line in enumerate(text.split(sep), 1):
-        line = line.split("#", 1)[0].strip()
+        line = _COMMENT.sub("", line).strip()
         if not line:
             continue
         key, _, routes_text = line.partition(" ")

@@ -42,7 +42,8 @@ async def _bounded(state: ServerState, work: Awaitable[T]) -> T:
         raise APIError(400, f"context too long for the upstream model: {exc}", code="context_length_exceeded")
     except ModelError as exc:
         state.metrics.upstream_errors.labels(exc.reason).inc()
-        raise APIError(502, f"upstream model failed ({exc.reason}): {exc}", code="upstream_error") from None
+        # the reason only: upstream error bodies can quote credentials or internal hosts
+        raise APIError(502, f"upstream model failed ({exc.reason})", code="upstream_error") from None
 
 
 def _record(state: ServerState, reply: WrappedCompletion) -> None:
