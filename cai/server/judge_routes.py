@@ -145,7 +145,8 @@ async def reward(body: RewardRequest, request: Request) -> dict[str, Any]:
         raise APIError(503, str(exc), code="reward_queue_full", headers={"retry-after": "1"}) from None
     state.metrics.stage.labels("reward").observe(time.perf_counter() - start)
     sign = reward_sign(judge)
-    rewards: list[float | None] = [sign * s.value if s.ok and s.value is not None else None for s in scores]
+    rewards: list[float | None] = [sign * s.value + 0.0 if s.ok and s.value is not None else None  # no -0.0
+                                   for s in scores]
     unscored = [float(r is None) for r in rewards]
     if body.query is not None:
         rewards = [queue.unscored if r is None else r for r in rewards]

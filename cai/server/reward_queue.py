@@ -66,6 +66,7 @@ class RewardQueue:
         self.window_s = window_s
         self.batch_sizes: list[int] = []  # items per judge call, for tests and metrics
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker: asyncio.Task | None = None
         self.unscored: float | None = None
         self.markup: Markup | None = None
 
