@@ -14,6 +14,7 @@ are reported as ``file:line: field: problem``; ``on_bad_line="skip"`` skips and 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -103,6 +104,16 @@ def record_to_messages(record: Any, prompt_field: str = "prompt", messages_field
     raise ValueError(f"no '{prompt_field}' or '{messages_field}' field (record has: {keys})")
 
 
+def read_text(path: Path) -> str:
+    """A whole file as UTF-8 (a leading BOM dropped); InputError naming the line if it is not."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
+
+
 def read_records(path: Path) -> Iterator[tuple[str, Any]]:
     """(location, raw record) pairs; a record that cannot be decoded comes as an exception."""
     suffix = path.suffix.lower()
@@ -119,8 +130,13 @@ def read_records(path: Path) -> Iterator[tuple[str, Any]]:
         for i, row in enumerate(ds):
             yield f"{path}:row {i}", row
     elif suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    yield f"{path}:{n}", ValueError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -129,7 +145,7 @@ def read_records(path: Path) -> Iterator[tuple[str, Any]]:
                     yield f"{path}:{n}", ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})")
     elif suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path))
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
         if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -139,14 +155,21 @@ def read_records(path: Path) -> Iterator[tuple[str, Any]]:
         for i, row in enumerate(data):
             yield f"{path}:item {i}", row
     elif suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+        try:
             for row in reader:
                 yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None}
+        except csv.Error as exc:
+            raise InputError(f"{path}:{reader.line_num + 1}: invalid CSV: {exc}") from None
     elif suffix == ".parquet":
+        import pyarrow
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pyarrow.ArrowException, OSError) as exc:
+            raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
+        for i, row in enumerate(rows):
             yield f"{path}:row {i}", row
     else:
         raise InputError(f"{path}: unsupported input format {suffix!r}; use .jsonl, .json, .csv, .parquet or a HF datasets folder")
