@@ -24,7 +24,8 @@ from cai.constitution import Constitution, Sampling, load_constitution
 from cai.inputs import OnBadLine, PromptRecord, read_prompts
 from cai.models.base import ChatModel, GenParams, Message
 from cai.models.registry import load_model
-from cai.outputs import generate_writers
+from cai.outputs import generate_writers, pair_kept
+from cai.quality import QualityGates
 from cai.records import Trace
 from cai.revise import normalize_prompt, revise
 from cai.runner import Outcome, Runner, RunSummary, Sample
@@ -51,6 +52,7 @@ def _strip_credentials(url: str) -> str:
 def run_config(
     model_spec: str, constitution: Constitution, *, revisions: int, sampling: str, seed: int,
     few_shot: bool, params: GenParams, model_options: dict[str, Any],
+    gates: QualityGates | None = None, verify: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     recorded = {k: _strip_credentials(str(v)) for k, v in model_options.items() if k in _RECORDED_OPTIONS and v}
     return {
@@ -64,6 +66,8 @@ def run_config(
         "seed": seed,
         "few_shot": few_shot,
         "params": params.to_dict(),
+        "quality": (gates or QualityGates()).to_dict(),
+        "verify": verify,
     }
 
 
@@ -84,7 +88,7 @@ def _to_records(prompts: PromptsLike, prompt_field: str, messages_field: str, on
 async def _run(
     store: RunStore, records: list[PromptRecord], model: ChatModel | None, constitution: Constitution, *,
     out: str | Path | None, revisions: int, sampling: Sampling, seed: int, few_shot: bool, params: GenParams,
-    concurrency: int, progress: bool,
+    concurrency: int, progress: bool, gates: QualityGates | None = None, judge: Any = None, min_margin: float = 0.0,
 ) -> RunSummary:
     cached = CachedModel(model, store) if model is not None else None
     sources = {r.id: r.source for r in records}
@@ -92,18 +96,35 @@ async def _run(
     async def work(sample: Sample) -> Outcome:
         assert cached is not None, "a sample to do but no model loaded"
         trace = await revise(cached, sample.data, constitution, revisions=revisions, sampling=sampling,
-                             seed=seed, few_shot=few_shot, params=params, sample_id=sample.id)
+                             seed=seed, few_shot=few_shot, params=params, sample_id=sample.id, gates=gates)
         trace.metadata["source"] = sources[sample.id]
+        usage = trace.usage
+        if judge is not None and trace.revised:
+            from judges.verify import verify_pair
+
+            verdict, judge_usage = await verify_pair(judge, trace, min_margin)
+            usage = usage + judge_usage
+            if verdict["reason"] == "judge_failed":  # retried on resume (the calls are cached)
+                return Outcome(record=trace.to_dict(), failed="judge_failed", usage=usage)
+            trace.metadata["verify"] = verdict
         counters = {
             "revised": float(trace.revised),
             "early_stopped": float(trace.stop_reason == "early_stop"),
             "degenerate_revisions": float(sum(s.note.startswith("degenerate") for s in trace.steps)),
+            "pairs": float(pair_kept(trace)),
         }
+        for step in trace.steps:  # each gate / degenerate reason, counted in the run summary
+            if step.note.startswith("degenerate:") or step.note == "truncated":
+                name = "truncated_kept" if step.note == "truncated" else f"dropped_{step.note.split(':', 1)[1]}"
+                counters[name] = counters.get(name, 0.0) + 1
+        if "verify" in trace.metadata and not trace.metadata["verify"]["kept"]:
+            counters[f"judge_{trace.metadata['verify']['reason']}"] = 1.0
         return Outcome(record=trace.to_dict(), failed=trace.error if not trace.ok else None,
-                       counters=counters, usage=trace.usage)
+                       counters=counters, usage=usage)
 
-    runner = Runner(store, generate_writers() if out is not None else (), concurrency=concurrency,
-                    progress=progress, title="generate", show_counters=["revised", "early_stopped"])
+    runner = Runner(store, generate_writers(verify=judge is not None) if out is not None else (),
+                    concurrency=concurrency, progress=progress, title="generate",
+                    show_counters=["revised", "early_stopped", "pairs"])
     summary = await runner.run([Sample(r.id, r.messages) for r in records], work)
     if progress:
         runner.print_summary(summary)
@@ -129,8 +150,15 @@ async def agenerate_run(
     messages_field: str = "messages",
     on_bad_line: OnBadLine = "abort",
     model_options: dict[str, Any] | None = None,
+    gates: QualityGates | None = None,
+    verify: Any = None,
+    min_margin: float = 0.1,
 ) -> GenerateResult:
-    """``agenerate`` with the run summary and the list of skipped input records."""
+    """``agenerate`` with the run summary and the list of skipped input records.
+
+    ``gates``: the quality gates of ``cai.quality`` (default ``QualityGates()``). ``verify``: a
+    judge spec (e.g. ``pairwise:embedded``) or judge; each revised pair is then kept only when
+    the judge prefers the revision in both orders by ``min_margin`` (``judges.verify``)."""
     constitution = load_constitution(constitution)
     defaults = constitution.defaults
     revisions = defaults.revisions if revisions is None else revisions
@@ -142,17 +170,23 @@ async def agenerate_run(
 
     spec = model.spec if isinstance(model, ChatModel) else model.strip()
     config = run_config(spec, constitution, revisions=revisions, sampling=sampling, seed=seed,
-                        few_shot=few_shot, params=params, model_options=model_options)
+                        few_shot=few_shot, params=params, model_options=model_options, gates=gates,
+                        verify={"judge": verify if isinstance(verify, str) else getattr(verify, "name", type(verify).__name__),
+                                "min_margin": min_margin} if verify is not None else None)
     with RunStore(out, config, new_run=new_run) as store:
         # a finished run needs no model: do not pay for loading one
         todo = any((row := store.sample(r.id)) is None or row.status != "done" for r in records)
         owned = not isinstance(model, ChatModel)
         chat_model = model if not owned else load_model(model, **model_options) if todo else None
+        judge, own_judge = _load_verifier(verify, store, constitution, chat_model, spec, model_options) if todo else (None, False)
         try:
             summary = await _run(store, records, chat_model, constitution, out=out, revisions=revisions,
                                  sampling=sampling, seed=seed, few_shot=few_shot, params=params,
-                                 concurrency=concurrency, progress=progress)
+                                 concurrency=concurrency, progress=progress, gates=gates, judge=judge,
+                                 min_margin=min_margin)
         finally:
+            if own_judge:
+                await judge.aclose()
             if owned and chat_model is not None:
                 await chat_model.aclose()
         traces = []
@@ -164,6 +198,21 @@ async def agenerate_run(
                 traces.append(Trace(id=r.id, prompt=r.messages, stop_reason="failed",
                                     error=row.reason if row else "not_run"))
     return GenerateResult(traces, summary, skipped, Path(out) if out is not None else None)
+
+
+def _load_verifier(verify: Any, store: RunStore, constitution: Constitution, chat_model: ChatModel | None,
+                   spec: str, model_options: dict[str, Any]) -> tuple[Any, bool]:
+    """The judge for ``verify`` and whether this run must close it. A spec naming the
+    generating model reuses the loaded model; pairwise judges ask the constitution's judge
+    questions. Its calls are cached in the run store."""
+    if verify is None or not isinstance(verify, str):
+        return verify, False
+    from judges.registry import load_judge  # surfaces may import judges lazily
+
+    kind, _, rest = verify.strip().partition(":")
+    same = chat_model if rest == spec and chat_model is not None else None
+    options = {"constitution": constitution} if kind == "pairwise" else {}
+    return load_judge(verify, model=same, model_options=model_options, store=store, **options), same is None
 
 
 async def agenerate(prompts: PromptsLike, **kwargs: Any) -> list[Trace]:

@@ -4,7 +4,11 @@ In the run directory, appended as samples finish (exactly once each, see ``cai.r
 - ``traces.jsonl``: every step of every done sample (``Trace.to_dict()``);
 - ``sft.jsonl``: TRL conversational SFT rows ``{"messages": [...]}`` (prompt + final answer);
 - ``preferences.jsonl``: TRL conversational preference rows ``{"prompt", "chosen", "rejected"}``
-  (chosen = final revision, rejected = initial answer), only for samples that were revised.
+  (chosen = final revision, rejected = initial answer), only for samples that were revised;
+  with ``--verify JUDGE`` only the pairs the judge kept, with ``score_chosen``,
+  ``score_rejected``, ``margin`` and ``consistent``;
+- ``rejected_pairs.jsonl`` (with ``--verify`` only): the revised pairs the judge did not keep,
+  with the verdict (``reason``: initial_wins, inconsistent, tie, unparseable, low_margin).
 
 ``export_run`` turns a run's stored records into a HF ``datasets`` folder or Parquet files with
 a dataset card. The card is built from an allow-list of config fields, so secrets never reach it.
@@ -22,6 +26,7 @@ from cai.runner import OutputWriter
 from cai.store import RunStore
 
 TRACES, SFT, PREFERENCES = "traces.jsonl", "sft.jsonl", "preferences.jsonl"
+REJECTED_PAIRS = "rejected_pairs.jsonl"
 ExportFormat = Literal["hf", "parquet"]
 # config fields that may appear on a dataset card (never options such as api keys)
 CARD_FIELDS = ("model", "constitution", "constitution_name", "revisions", "sampling", "seed", "few_shot", "params")
@@ -31,17 +36,43 @@ def _sft(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [Trace.from_dict(record).sft_record()]
 
 
+def pair_kept(trace: Trace) -> bool:
+    """The sample makes a preference row: it was revised and, if a judge verified it, kept."""
+    verdict = trace.metadata.get("verify")
+    return trace.revised and (verdict is None or bool(verdict.get("kept")))
+
+
+def preference_row(trace: Trace) -> dict[str, Any] | None:
+    """The trace's preference row (None when it makes none), with the judge's scores if any."""
+    if not pair_kept(trace):
+        return None
+    pair = trace.preference_record()
+    verdict = trace.metadata.get("verify")
+    if pair is not None and verdict is not None:
+        pair.update({k: verdict.get(k) for k in ("score_chosen", "score_rejected", "margin", "consistent")})
+    return pair
+
+
 def _preference(record: dict[str, Any]) -> list[dict[str, Any]]:
-    pair = Trace.from_dict(record).preference_record()
+    pair = preference_row(Trace.from_dict(record))
     return [pair] if pair else []
 
 
-def generate_writers() -> list[OutputWriter]:
-    return [
+def _rejected_pair(record: dict[str, Any]) -> list[dict[str, Any]]:
+    trace = Trace.from_dict(record)
+    if not trace.revised or pair_kept(trace):
+        return []
+    verdict = {k: v for k, v in trace.metadata["verify"].items() if k != "details"}
+    return [{"id": trace.id, **(trace.preference_record() or {}), "verdict": verdict}]
+
+
+def generate_writers(verify: bool = False) -> list[OutputWriter]:
+    writers = [
         OutputWriter(TRACES, lambda record: [record]),
         OutputWriter(SFT, _sft),
         OutputWriter(PREFERENCES, _preference),
     ]
+    return writers + [OutputWriter(REJECTED_PAIRS, _rejected_pair)] if verify else writers
 
 
 def run_counts(store: RunStore) -> dict[str, int]:
@@ -52,7 +83,7 @@ def run_counts(store: RunStore) -> dict[str, int]:
             continue
         counts["samples_done"] += 1
         counts["sft_rows"] += 1
-        counts["preference_pairs"] += int(row.counters.get("revised", 0))
+        counts["preference_pairs"] += int(row.counters.get("pairs", row.counters.get("revised", 0)))
         counts["early_stopped"] += int(row.counters.get("early_stopped", 0))
     return counts
 
@@ -105,7 +136,7 @@ def export_run(run_dir: str | Path, to: str | Path, fmt: ExportFormat = "hf") ->
         traces = [Trace.from_dict(r.record or {}) for r in store.samples("done")]
         config, counts = store.config, run_counts(store)
     sft = [t.sft_record() for t in traces]
-    prefs = [p for p in (t.preference_record() for t in traces) if p]
+    prefs = [p for p in (preference_row(t) for t in traces) if p]
     to.mkdir(parents=True, exist_ok=True)
     for name, rows in (("sft", sft), ("preferences", prefs)):
         ds = Dataset.from_list(rows) if rows else Dataset.from_dict({k: [] for k in _empty_columns(name)})

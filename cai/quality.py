@@ -197,3 +197,35 @@ def gate_reason(
 def prompt_text(messages: Sequence[dict[str, Any]]) -> str:
     """The text of the last user turn."""
     return next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+
+
+def parse_gates(settings: Sequence[str] = (), *, on_truncated: str | None = None, off: bool = False) -> QualityGates:
+    """``QualityGates`` from ``NAME=VALUE`` strings (the ``--gate`` flag), e.g.
+    ``max_repeated_ngrams=0.5``, ``off_topic=false``, ``min_compression_ratio=none``."""
+    base = QualityGates.off() if off else QualityGates()
+    values: dict[str, Any] = base.to_dict()
+    for setting in settings:
+        name, sep, raw = setting.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in values or name == "on_truncated":
+            known = ", ".join(k for k in values if k != "on_truncated")
+            raise ValueError(f"--gate {setting!r}: expected NAME=VALUE with NAME one of {known}")
+        raw = raw.strip().lower()
+        try:
+            if raw in ("none", "off"):
+                if isinstance(base.to_dict()[name], bool) or name in ("ngram", "min_words"):
+                    raise ValueError
+                values[name] = None
+            elif name in ("language", "off_topic"):
+                if raw not in ("true", "false", "on", "yes", "no"):
+                    raise ValueError
+                values[name] = raw in ("true", "on", "yes")
+            elif name in ("ngram", "min_words", "max_sentence_repeats"):
+                values[name] = int(raw)
+            else:
+                values[name] = float(raw)
+        except ValueError:
+            raise ValueError(f"--gate {setting!r}: bad value for {name}") from None
+    if on_truncated is not None:
+        values["on_truncated"] = on_truncated
+    return QualityGates(**values)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Literal, Optional
+from typing import List, Literal, Optional
 
 import typer
 
@@ -36,6 +36,12 @@ def generate(
     on_bad_line: Literal["skip", "abort"] = typer.Option("abort", help="Bad input record: skip it (and list it) or abort."),
     new_run: bool = typer.Option(False, "--new-run", help="Move an existing run in --out aside and start over."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    verify: Optional[str] = typer.Option(None, "--verify", metavar="JUDGE", help="Keep a pair only when this judge prefers the revision in both orders, e.g. pairwise:embedded."),
+    min_margin: float = typer.Option(0.1, "--min-margin", min=0.0, max=1.0, help="With --verify: the revision's least margin (2p-1 for pairwise judges)."),
+    on_truncated: Literal["drop", "keep"] = typer.Option("keep", "--on-truncated", help="A revision cut off at --max-tokens: drop it, or keep it flagged."),
+    gate: List[str] = typer.Option([], "--gate", metavar="NAME=VALUE", help="Set a quality gate, e.g. max_repeated_ngrams=0.5, off_topic=false (repeatable; see README)."),
+    no_gates: bool = typer.Option(False, "--no-gates", help="Turn every quality gate off."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write report.json and report.html in the run directory at the end."),
 ) -> None:
     """Critique and revise every prompt with a constitution; writes traces.jsonl, sft.jsonl and
     preferences.jsonl in the run directory as samples finish. Rerun the same command to resume."""
@@ -46,7 +52,18 @@ def generate(
     from cai.models.registry import ModelSpecError
     from cai.store import ConfigMismatchError, RunLockedError
 
+    from cai.quality import parse_gates
+    from judges.registry import JudgeSpecError, available_judges
+
     out = out or Path("runs") / input.stem
+    try:
+        gates = parse_gates(gate, on_truncated=on_truncated, off=no_gates)
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    if verify is not None and verify.partition(":")[0].strip() not in available_judges():
+        _fail(f"--verify {verify!r}: unknown judge kind {verify.partition(':')[0].strip()!r}; "
+              f"known: {', '.join(available_judges())}")
     options = {k: v for k, v in {"base_url": base_url, "api_key": api_key}.items() if v}
     if model.startswith("openai:"):
         options["max_concurrency"] = concurrency
@@ -57,11 +74,11 @@ def generate(
                 seed=seed, few_shot=few_shot, params=GenParams(max_tokens=max_tokens, temperature=temperature),
                 out=out, concurrency=concurrency, limit=limit, new_run=new_run, progress=not quiet,
                 prompt_field=prompt_field, messages_field=messages_field, on_bad_line=on_bad_line,
-                model_options=options,
+                model_options=options, gates=gates, verify=verify, min_margin=min_margin,
             )
         )
     except (InputError, ConfigMismatchError, RunLockedError, ConstitutionError, ModelSpecError,
-            ModelError, FileNotFoundError) as exc:
+            ModelError, FileNotFoundError, JudgeSpecError) as exc:
         _fail(str(exc))
         return
     except KeyboardInterrupt:
@@ -70,6 +87,10 @@ def generate(
     for message in result.skipped_inputs:
         typer.secho(f"skipped {message}", fg="yellow", err=True)
     s = result.summary
+    if report:
+        from cai.report import write_report
+
+        typer.echo(f"report: {write_report([out])}", err=True)
     typer.echo(f"{out}: {s.done_before + s.done} done, {s.n_failed} failed -> "
                f"{out / 'sft.jsonl'}, {out / 'preferences.jsonl'}", err=True)
     if s.n_failed:
