@@ -7,6 +7,7 @@ error is ``status="failed"``; only ``status="ok"`` results carry a probability o
 from __future__ import annotations
 
 import asyncio
+import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Sequence, Union
@@ -28,12 +29,25 @@ def as_messages(prompt: Prompt) -> list[Message]:
 
 
 def response_text(response: str | Sequence[Message] | Message) -> str:
-    """A response given as text, one assistant message, or a list of (assistant) messages."""
+    """A response given as text, one assistant message, or a list of (assistant) messages.
+    Content parts are joined; tool calls (a turn whose content is None) are written out."""
     if isinstance(response, str):
         return response
     if isinstance(response, dict):
-        return str(response.get("content", ""))
-    return "".join(str(m.get("content", "")) for m in response)
+        return _message_text(response)
+    return "".join(_message_text(m) for m in response)
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "\n".join(str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    calls = []
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function", call) if isinstance(call, dict) else {}
+        args = fn.get("arguments", "")
+        calls.append(f"[tool call] {fn.get('name', '?')}({args if isinstance(args, str) else json.dumps(args)})")
+    return "\n".join(([str(content)] if content else []) + calls)
 
 
 @dataclass
