@@ -14,7 +14,7 @@ app = typer.Typer(
 )
 
 # module names under cai.commands; each defines register(app: typer.Typer)
-COMMAND_MODULES = ["constitutions", "models", "generate", "judge", "train", "serve", "report"]
+COMMAND_MODULES = ["constitutions", "models", "generate", "judge", "evals", "train", "serve", "report"]
 
 for _name in COMMAND_MODULES:
     try:

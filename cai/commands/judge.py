@@ -106,8 +106,6 @@ def eval_judge(
     api_key: Optional[str] = typer.Option(None, help="API key (default: $CAI_API_KEY)."),
 ) -> None:
     """Agreement of a pairwise judge with human labels, position consistency, ties, calibration."""
-    from rich.console import Console
-
     from cai.inputs import InputError
     from cai.store import ConfigMismatchError
     from judges.data import read_candidate_sets
@@ -121,6 +119,13 @@ def eval_judge(
         ))
     except (InputError, ConfigMismatchError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    write_report(report, json_out)
+
+
+def write_report(report: Any, json_out: Optional[Path]) -> None:
+    """An eval report's table (stderr when the JSON goes to stdout), and its JSON if asked."""
+    from rich.console import Console
+
     Console(stderr=json_out is not None and str(json_out) == "-").print(report.table())
     if json_out is not None:
         text = json.dumps(report.to_dict(), indent=2)
