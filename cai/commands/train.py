@@ -65,6 +65,10 @@ def _run(kind: str, data: Path, out: Optional[Path], recipe: Optional[str], mode
     loss = result.metrics.get("train_loss")
     typer.echo(f"{result.path}: {state}" + (f", train_loss {loss:.4g}" if isinstance(loss, float) else "")
                + f"; use it with --model hf:{result.path}", err=True)
+    if (Path(result.path) / "trainer_log.json").is_file():  # loss / reward curves (cai.report)
+        from cai.report import write_report
+
+        typer.echo(f"report: {write_report([result.path])}", err=True)
 
 
 def _trainer(kind: str) -> Callable[..., Any]:
