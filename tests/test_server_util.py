@@ -10,6 +10,7 @@ import uvicorn
 
 from cai.server.app import create_app
 from cai.server.config import load_config
+from cai.server.transport import uvicorn_options
 
 KEYS = "sk-all;sk-chat chat,models;sk-reward reward,judge"
 
@@ -17,10 +18,10 @@ KEYS = "sk-all;sk-chat chat,models;sk-reward reward,judge"
 class LiveServer:
     """uvicorn on 127.0.0.1:<free port> in a background thread (its own event loop)."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Any, **options: Any):
         self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                    timeout_graceful_shutdown=2))
+                                                    timeout_graceful_shutdown=2, **options))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> "LiveServer":
@@ -42,4 +43,4 @@ class LiveServer:
 
 def serve(model: Any = None, *, overrides: dict[str, Any] | None = None, **app_kwargs: Any) -> LiveServer:
     cfg = load_config(None, {"auth.keys": KEYS, "wrapper.mode": "off", **(overrides or {})}, environ={})
-    return LiveServer(create_app(cfg, model=model, **app_kwargs))
+    return LiveServer(create_app(cfg, model=model, **app_kwargs), **uvicorn_options(cfg.limits))  # as `cai serve`

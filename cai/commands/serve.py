@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
 
         from cai.server.app import create_app
         from cai.server.config import ConfigError, load_config
+        from cai.server.transport import install_access_log_filter, uvicorn_options
 
         overrides = {
             "host": host, "port": port, "model.spec": model, "served_model_name": served_model_name,
@@ -45,5 +46,6 @@ def register(app: typer.Typer) -> None:
         except (ConfigError, ValueError, FileNotFoundError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        install_access_log_filter()
         uvicorn.run(application, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
-                    timeout_graceful_shutdown=5)
+                    timeout_graceful_shutdown=5, **uvicorn_options(cfg.limits))

@@ -3,6 +3,7 @@ limits and metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -70,8 +71,9 @@ def build_wrapper(config: ServeConfig, model: ChatModel | None = None) -> Consti
 
 
 class GuardMiddleware:
-    """Pure ASGI (no per-request task or body copy): request metrics, body-size bound (413)
-    and the in-flight bound (429) for every /v1 route."""
+    """Pure ASGI: request metrics, then for every /v1 route: the API key (before anything is
+    parsed), the body-size bound (413), the body-read deadline (408; a slow client never holds
+    a slot), and the in-flight bound (429), taken only once the whole body is in."""
 
     def __init__(self, app: ASGIApp, state: ServerState):
         self.app = app
@@ -91,43 +93,50 @@ class GuardMiddleware:
         route = ROUTE_OF_PATH.get(scope["path"], "other")
         start = time.perf_counter()
         status_box = [500]
-        too_large = [False]
 
         async def send_status(message: Message) -> None:
-            if too_large[0]:
-                return  # the app's answer to a body we cut off; the 413 below replaces it
             if message["type"] == "http.response.start":
                 status_box[0] = message["status"]
             await send(message)
 
+        async def reject(status: int, message: str, code: str, reason: str, headers=()) -> None:
+            metrics.rejected.labels(reason).inc()
+            status_box[0] = status
+            await self._reject(send, status, message, code, headers)
+
         try:
             if not scope["path"].startswith("/v1/"):
                 return await self.app(scope, receive, send_status)
-            limit = state.config.limits.max_body_bytes
+            denied = key_problem(state, route, dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"))
+            if denied is not None:
+                reason = "forbidden" if denied.status == 403 else "unauthenticated"
+                return await reject(denied.status, denied.message, denied.code or "", reason,
+                                    [(k.encode(), v.encode()) for k, v in (denied.headers or {}).items()])
+            limits = state.config.limits
             length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > limit:
-                metrics.rejected.labels("body_too_large").inc()
-                status_box[0] = 413
-                return await self._reject(send, 413, f"request body exceeds {limit} bytes", "body_too_large")
-            counted = route != "reward"  # reward requests wait in their own bounded queue (503 when full)
-            if counted and state.in_flight >= state.config.limits.max_concurrency:
-                metrics.rejected.labels("overloaded").inc()
-                status_box[0] = 429
-                return await self._reject(send, 429, "server is at its concurrency limit; retry shortly",
-                                          "overloaded", [(b"retry-after", b"1")])
-            state.in_flight += counted
-            metrics.in_flight.inc(counted)
+            if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+                return await reject(413, f"request body exceeds {limits.max_body_bytes} bytes", "body_too_large",
+                                    "body_too_large")
             try:
-                await self.app(scope, _bounded_receive(receive, limit, too_large), send_status)
+                body = await _read_body(receive, limits.max_body_bytes, limits.body_timeout_s)
             except _BodyTooLarge:
-                pass
+                return await reject(413, f"request body exceeds {limits.max_body_bytes} bytes", "body_too_large",
+                                    "body_too_large")
+            except asyncio.TimeoutError:
+                return await reject(408, f"request body not received within {limits.body_timeout_s:g} s",
+                                    "body_timeout", "body_timeout", [(b"connection", b"close")])
+            if body is None:  # the client went away
+                return None
+            if state.in_flight >= limits.max_concurrency:
+                return await reject(429, "server is at its concurrency limit; retry shortly", "overloaded",
+                                    "overloaded", [(b"retry-after", b"1")])
+            state.in_flight += 1
+            metrics.in_flight.inc()
+            try:
+                await self.app(scope, _replay(body, receive), send_status)
             finally:
-                state.in_flight -= counted
-                metrics.in_flight.dec(counted)
-            if too_large[0]:
-                metrics.rejected.labels("body_too_large").inc()
-                status_box[0] = 413
-                await self._reject(send, 413, f"request body exceeds {limit} bytes", "body_too_large")
+                state.in_flight -= 1
+                metrics.in_flight.dec()
         finally:
             metrics.requests.labels(route, str(status_box[0])).inc()
             metrics.latency.labels(route).observe(time.perf_counter() - start)
@@ -137,21 +146,40 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def _bounded_receive(receive: Receive, limit: int, flag: list[bool]) -> Callable[[], Any]:
-    """Counts body bytes as they arrive (chunked bodies have no Content-Length)."""
-    seen = 0
+async def _read_body(receive: Receive, limit: int, seconds: float) -> bytes | None:
+    """The whole request body within ``seconds`` and ``limit`` bytes (chunked bodies have no
+    Content-Length); None when the client disconnected."""
 
-    async def bounded() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
+    async def read() -> bytes | None:
+        chunks, seen = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
             if seen > limit:
-                flag[0] = True
                 raise _BodyTooLarge()
-        return message
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-    return bounded
+    return await asyncio.wait_for(read(), seconds)
+
+
+def _replay(body: bytes, receive: Receive) -> Callable[[], Any]:
+    """The app's receive: the body already read, then the connection's own messages
+    (a disconnect, for streaming responses)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 def create_app(
@@ -194,7 +222,8 @@ def create_app(
                 await judge.aclose()
         await state.wrapper.aclose()
 
-    app = FastAPI(title="cai serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # no schema endpoint: it would be served without a key
+    app = FastAPI(title="cai serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.cai = state
     install_error_handlers(app)
     app.include_router(router)
@@ -208,25 +237,32 @@ def state_of(request: Request) -> ServerState:
     return request.app.state.cai
 
 
+def key_problem(state: ServerState, route: str, header: str) -> APIError | None:
+    """Why an ``Authorization`` header may not call ``route`` (401/403), None when it may.
+    ``route`` "other" (an unknown /v1 path) needs any valid key."""
+    if not state.keys.enabled or (route == "metrics" and state.config.auth.public_metrics):
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return APIError(401, "missing bearer API key (Authorization: Bearer <key>)", code="invalid_api_key",
+                        headers={"www-authenticate": "Bearer"})
+    routes = state.keys.routes_for(token.strip())
+    if routes is None:
+        return APIError(401, "invalid API key", code="invalid_api_key", headers={"www-authenticate": "Bearer"})
+    if route != "other" and route not in routes:
+        return APIError(403, f"this API key may not call the {route!r} route", code="forbidden")
+    return None
+
+
 def require(route: str) -> Callable[[Request], None]:
-    """Dependency: a bearer key allowed to call ``route`` (401 without/invalid, 403 not allowed)."""
+    """Dependency: a bearer key allowed to call ``route`` (401 without/invalid, 403 not allowed);
+    /v1 routes are also checked by ``GuardMiddleware`` before their body is read."""
 
     def check(request: Request) -> None:
         state = state_of(request)
-        if not state.keys.enabled or (route == "metrics" and state.config.auth.public_metrics):
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            state.metrics.rejected.labels("unauthenticated").inc()
-            raise APIError(401, "missing bearer API key (Authorization: Bearer <key>)", code="invalid_api_key",
-                           headers={"www-authenticate": "Bearer"})
-        routes = state.keys.routes_for(token.strip())
-        if routes is None:
-            state.metrics.rejected.labels("unauthenticated").inc()
-            raise APIError(401, "invalid API key", code="invalid_api_key", headers={"www-authenticate": "Bearer"})
-        if route not in routes:
-            state.metrics.rejected.labels("forbidden").inc()
-            raise APIError(403, f"this API key may not call the {route!r} route", code="forbidden")
+        problem = key_problem(state, route, request.headers.get("authorization", ""))
+        if problem is not None:
+            state.metrics.rejected.labels("forbidden" if problem.status == 403 else "unauthenticated").inc()
+            raise problem
 
     return check

@@ -63,7 +63,11 @@ class JudgeEndpointConfig(_Strict):
 
 class LimitsConfig(_Strict):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
-    request_timeout_s: float = Field(default=120.0, gt=0)
+    request_timeout_s: float = Field(default=120.0, gt=0)  # model work of one request
+    # slow clients: headers, then the body, must arrive within these; idle keep-alive closes
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    keep_alive_s: float = Field(default=5.0, gt=0)
     max_concurrency: int = Field(default=64, ge=1)  # requests in flight; more -> 429
     max_batch: int = Field(default=512, ge=1)  # items per /v1/judge or /v1/reward request
 
