@@ -201,6 +201,8 @@ async def label(
         return summary
     finally:
         await judge.aclose()
+        if judge_model is None and getattr(judge, "model", None) is not None:  # loaded for this run
+            await judge.model.aclose()
         if policy is not None:
             await policy.aclose()
         store.close()

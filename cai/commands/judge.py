@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import typer
 
@@ -15,13 +15,25 @@ eval_app = typer.Typer(help="Evaluate judges.", no_args_is_help=True)
 JUDGE_HELP = "Judge spec: pairwise:MODEL, pointwise:MODEL, violation:MODEL, rm:PATH, rules:refusal, ..."
 
 
-def _model_options(base_url: str | None, api_key: str | None) -> dict[str, Any]:
+REMOTE = ("openai:", "litellm:")
+TIMEOUT = typer.Option(None, "--timeout", min=0.1, help="Seconds per model call attempt (openai:/litellm: models; default 120).")
+MAX_RETRIES = typer.Option(None, "--max-retries", min=0, help="Retries of a transient model error (openai:/litellm: models; default 4).")
+
+
+def _model_options(base_url: str | None, api_key: str | None, timeout: float | None = None,
+                   max_retries: int | None = None, specs: tuple[str | None, ...] = ()) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if base_url:
         options["base_url"] = base_url
     key = api_key or os.environ.get("CAI_API_KEY")
     if key:
         options["api_key"] = key
+    for flag, name, value in (("--timeout", "timeout", timeout), ("--max-retries", "max_retries", max_retries)):
+        if value is None:
+            continue
+        if not any(spec and any(r in spec for r in REMOTE) for spec in specs):
+            _fail(f"{flag}: applies to openai: and litellm: models only (got {', '.join(s for s in specs if s)})")
+        options[name] = value
     return options
 
 
@@ -45,20 +57,22 @@ def label_command(
     input: Path = typer.Argument(..., help="JSONL/JSON/CSV/Parquet: prompt + chosen/rejected, prompt + responses, or prompts alone."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable: rerun the same command)."),
     judge: str = typer.Option(..., "--judge", "-j", help=JUDGE_HELP),
-    samples: int = typer.Option(0, "--samples", "-n", help="Responses to sample per prompt from --policy."),
+    samples: int = typer.Option(0, "--samples", "-n", min=0, help="Responses to sample per prompt from --policy."),
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy model spec for --samples."),
-    temperature: float = typer.Option(1.0, help="Policy sampling temperature."),
-    max_tokens: int = typer.Option(256, help="Policy response length limit."),
+    temperature: float = typer.Option(1.0, min=0.0, help="Policy sampling temperature."),
+    max_tokens: int = typer.Option(256, min=1, help="Policy response length limit."),
     constitution: Optional[str] = typer.Option(None, help="Take comparison principles from this constitution."),
-    k: int = typer.Option(1, "--k", help="Principles sampled per pair (pairwise judges; averaged)."),
+    k: int = typer.Option(1, "--k", min=1, help="Principles sampled per pair (pairwise judges; averaged)."),
     cot: bool = typer.Option(False, "--cot", help="Chain-of-thought judging (probabilities clamped to 0.4-0.6)."),
     seed: int = typer.Option(0, help="Seed for principle sampling."),
     keep_inconsistent: bool = typer.Option(False, "--keep-inconsistent", help="Keep pairs whose two orders disagree (low margin) in preferences.jsonl."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N records."),
-    concurrency: int = typer.Option(16, help="Samples in flight."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N records."),
+    concurrency: int = typer.Option(16, min=1, help="Samples in flight."),
     base_url: Optional[str] = typer.Option(None, help="base_url for openai: model specs."),
     api_key: Optional[str] = typer.Option(None, help="API key (default: $CAI_API_KEY)."),
-    on_bad_line: str = typer.Option("abort", help="abort | skip bad input records."),
+    timeout: Optional[float] = TIMEOUT,
+    max_retries: Optional[int] = MAX_RETRIES,
+    on_bad_line: Literal["abort", "skip"] = typer.Option("abort", help="abort | skip bad input records."),
     new_run: bool = typer.Option(False, "--new-run", help="Move an existing run in --out aside and start over."),
 ) -> None:
     """Label prompts with candidate responses into a TRL preference dataset (RLAIF)."""
@@ -68,6 +82,7 @@ def label_command(
     from judges.data import read_candidate_sets
     from judges.label import LabelConfig, label
 
+    options = _model_options(base_url, api_key, timeout, max_retries, (judge, policy))
     try:
         sets, skipped = read_candidate_sets(input, limit=limit, on_bad_line=on_bad_line)
         for message in skipped:
@@ -81,7 +96,7 @@ def label_command(
             keep_inconsistent=keep_inconsistent,
         )
         summary = asyncio.run(label(sets, out, config, concurrency=concurrency,
-                                    model_options=_model_options(base_url, api_key), new_run=new_run))
+                                    model_options=options, new_run=new_run))
     except (InputError, ConfigMismatchError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote {out / 'preferences.jsonl'} and {out / 'labels.jsonl'}", err=True)
@@ -94,16 +109,18 @@ def label_command(
 def eval_judge(
     data: Path = typer.Option(..., "--data", "-d", help="chosen/rejected pairs (e.g. hh-rlhf JSONL)."),
     judge: str = typer.Option(..., "--judge", "-j", help="Pairwise judge spec, e.g. pairwise:embedded."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N pairs."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N pairs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here ('-' = stdout)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory for resume and call cache (default: in memory)."),
     constitution: Optional[str] = typer.Option(None, help="Take comparison principles from this constitution."),
-    k: int = typer.Option(1, "--k", help="Principles sampled per pair."),
+    k: int = typer.Option(1, "--k", min=1, help="Principles sampled per pair."),
     cot: bool = typer.Option(False, "--cot", help="Chain-of-thought judging."),
     seed: int = typer.Option(0, help="Seed for principle sampling."),
-    concurrency: int = typer.Option(16, help="Pairs in flight."),
+    concurrency: int = typer.Option(16, min=1, help="Pairs in flight."),
     base_url: Optional[str] = typer.Option(None, help="base_url for openai: model specs."),
     api_key: Optional[str] = typer.Option(None, help="API key (default: $CAI_API_KEY)."),
+    timeout: Optional[float] = TIMEOUT,
+    max_retries: Optional[int] = MAX_RETRIES,
 ) -> None:
     """Agreement of a pairwise judge with human labels, position consistency, ties, calibration."""
     from cai.inputs import InputError
@@ -115,7 +132,7 @@ def eval_judge(
         pairs, _ = read_candidate_sets(data, limit=limit)
         report = asyncio.run(evaluate_judge(
             pairs, judge, data=str(data), out=out, judge_options=_judge_options(judge, constitution, k, cot, seed),
-            model_options=_model_options(base_url, api_key), concurrency=concurrency,
+            model_options=_model_options(base_url, api_key, timeout, max_retries, (judge,)), concurrency=concurrency,
         ))
     except (InputError, ConfigMismatchError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
