@@ -178,6 +178,18 @@ class PointwiseJudge(ABC):
     @abstractmethod
     async def score(self, prompt: Prompt, response: str) -> Score: ...
 
+    def reward(self, score: Score) -> float | None:
+        """The score as an RL reward: negated where lower is better; None when unscored."""
+        if not score.ok or score.value is None:
+            return None
+        return (score.value if self.higher_is_better else -score.value) + 0.0  # + 0.0: no -0.0
+
+    def worst_reward(self) -> float | None:
+        """The lowest reward this judge gives (from ``scale``); None when it is unknown."""
+        if self.scale is None:
+            return None
+        return min(self.scale) if self.higher_is_better else -max(self.scale)
+
     async def score_many(
         self,
         items: Sequence[tuple[Prompt, str]],

@@ -40,8 +40,7 @@ class JudgeReward:
         texts = [response_text(c) for c in completions]
         if isinstance(self.judge, PointwiseJudge):
             scores = await self.judge.score_many(list(zip(prompts, texts)), concurrency=self.concurrency)
-            sign = 1.0 if self.judge.higher_is_better else -1.0  # e.g. ViolationJudge: less violation = more reward
-            return [sign * s.value if s.ok else None for s in scores]
+            return [self.judge.reward(s) for s in scores]  # e.g. ViolationJudge: less violation = more reward
         references = kwargs.get(self.reference_key)
         if references is None:
             raise ValueError(

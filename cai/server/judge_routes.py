@@ -14,7 +14,7 @@ from cai.server.app import ServerState, require, state_of
 from cai.server.chat_markup import Markup, split_query
 from cai.server.errors import APIError
 from cai.server.openai_api import ChatMessage
-from cai.server.reward_queue import QueueFull, reward_sign
+from cai.server.reward_queue import QueueFull
 from cai.server.routes import _bounded
 
 router = APIRouter()
@@ -144,9 +144,7 @@ async def reward(body: RewardRequest, request: Request) -> dict[str, Any]:
         state.metrics.rejected.labels("reward_queue_full").inc()
         raise APIError(503, str(exc), code="reward_queue_full", headers={"retry-after": "1"}) from None
     state.metrics.stage.labels("reward").observe(time.perf_counter() - start)
-    sign = reward_sign(judge)
-    rewards: list[float | None] = [sign * s.value + 0.0 if s.ok and s.value is not None else None  # no -0.0
-                                   for s in scores]
+    rewards = [judge.reward(s) for s in scores]
     unscored = [float(r is None) for r in rewards]
     if body.query is not None:
         rewards = [queue.unscored if r is None else r for r in rewards]

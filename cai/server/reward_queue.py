@@ -23,24 +23,16 @@ class QueueFull(Exception):
     pass
 
 
-def reward_sign(judge: Any) -> float:
-    """Rewards are judge scores, negated where lower is better (ViolationJudge), as judges.trl."""
-    return 1.0 if getattr(judge, "higher_is_better", True) else -1.0
-
-
 def unscored_reward(judge: Any, configured: float | None) -> float:
     """What an item the judge could not score is rewarded: the configured value, else the
     judge's worst reward (from its ``scale``); a judge without a known scale needs a value."""
-    if configured is not None:
-        return configured
-    scale = getattr(judge, "scale", None)
-    if scale is None:
+    worst = configured if configured is not None else judge.worst_reward()
+    if worst is None:
         raise ConfigError(
-            f"judge.unscored_reward: the pointwise judge {getattr(judge, 'name', type(judge).__name__)!r} "
-            "has no known worst score; set judge.unscored_reward to the reward an unscored item gets"
+            f"judge.unscored_reward: the pointwise judge {judge.name!r} has no known worst score; "
+            "set judge.unscored_reward to the reward an unscored item gets"
         )
-    sign = reward_sign(judge)
-    return min(sign * scale[0], sign * scale[1])
+    return worst
 
 
 def load_markup(tokenizer: str) -> Markup:
