@@ -13,6 +13,7 @@ import json
 import re
 import sqlite3
 import time
+import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -45,7 +46,8 @@ def _refusal_pattern() -> re.Pattern[str]:
     return re.compile("|".join(p for ps in REFUSAL_PATTERNS.values() for p in ps), re.IGNORECASE)
 
 
-# -- near-duplicates (MinHash over word 3-gram shingles, banded LSH, union-find) ----------
+# -- near-duplicates (MinHash over word 3-gram shingles, banded LSH, union-find;
+# crc32 shingle hashes, so the result does not depend on PYTHONHASHSEED) ----------
 
 _PRIME = (1 << 61) - 1
 
@@ -53,8 +55,8 @@ _PRIME = (1 << 61) - 1
 def _shingles(text: str, n: int = 3) -> set[int]:
     tokens = words(text)
     if len(tokens) < n:
-        return {hash(" ".join(tokens))} if tokens else set()
-    return {hash(" ".join(tokens[i:i + n])) for i in range(len(tokens) - n + 1)}
+        return {zlib.crc32(" ".join(tokens).encode())} if tokens else set()
+    return {zlib.crc32(" ".join(tokens[i:i + n]).encode()) for i in range(len(tokens) - n + 1)}
 
 
 def near_duplicate_clusters(texts: Sequence[str], threshold: float = 0.7, num_perm: int = 64, bands: int = 16) -> list[list[int]]:
@@ -69,7 +71,7 @@ def near_duplicate_clusters(texts: Sequence[str], threshold: float = 0.7, num_pe
     for i, sh in enumerate(shingles):
         if not sh:
             continue
-        x = np.array([s & 0xFFFFFFFF for s in sh], dtype=np.uint64)
+        x = np.array(sorted(sh), dtype=np.uint64)
         sig = ((x[:, None] * a[None, :] + b[None, :]) % np.uint64(_PRIME)).min(axis=0)
         for band in range(bands):
             buckets[(band, sig[band * rows:(band + 1) * rows].tobytes())].append(i)
