@@ -10,7 +10,6 @@ import httpx
 from cai.models.base import TransientModelError
 from cai.models.openai_compat import _retry_after
 from cai.models.policy import RetryConfig, backoff_delay
-from judges.base import response_text
 
 RETRIED = frozenset({429, 500, 502, 503, 504})
 
@@ -28,6 +27,7 @@ def remote_reward_function(
     timeout: float = 600.0,
     batch_size: int = 256,
     retries: int = 5,
+    fill_unscored: bool = False,
 ) -> Callable[..., list[float | None]]:
     """``reward_func(prompts, completions, **kwargs) -> list[float | None]`` for TRL trainers.
 
@@ -36,7 +36,8 @@ def remote_reward_function(
     tool-call turns included). Items go in chunks of ``batch_size`` (halved while the server
     answers 413); 429 and 5xx answers and dropped connections are retried ``retries`` times,
     waiting as the server's Retry-After says (else exponential backoff). Items the judge could
-    not score come back as None, which TRL treats as "no reward from this function".
+    not score come back as None, which TRL treats as "no reward from this function", or with
+    ``fill_unscored=True`` as the server's ``judge.unscored_reward`` (default: the judge's worst).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -48,7 +49,7 @@ def remote_reward_function(
     def post(client: httpx.Client, items: list[dict[str, Any]]) -> list[float | None]:
         for attempt in range(1, retries + 2):
             try:
-                r = client.post(endpoint, json={"items": items}, headers=headers)
+                r = client.post(endpoint, json={"items": items, "fill_unscored": fill_unscored}, headers=headers)
                 r.raise_for_status()
                 return r.json()["rewards"]
             except httpx.HTTPStatusError as exc:
@@ -66,6 +67,8 @@ def remote_reward_function(
     def reward_func(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+        from judges.base import response_text  # the server (a surface) may use judges; lazily
+
         items = [{"prompt": p, "response": response_text(c)} for p, c in zip(prompts, completions)]
         rewards: list[float | None] = []
         with httpx.Client(timeout=timeout) as client:

@@ -111,6 +111,8 @@ class RewardRequest(BaseModel):
     query: list[str] | None = None
     prompts: list[str] | None = None
     labels: list[Any] | None = None
+    # unscored items get judge.unscored_reward instead of None (always so in OpenRLHF's shape)
+    fill_unscored: bool = False
 
     @model_validator(mode="after")
     def _one_shape(self) -> "RewardRequest":
@@ -146,7 +148,7 @@ async def reward(body: RewardRequest, request: Request) -> dict[str, Any]:
     state.metrics.stage.labels("reward").observe(time.perf_counter() - start)
     rewards = [judge.reward(s) for s in scores]
     unscored = [float(r is None) for r in rewards]
-    if body.query is not None:
+    if body.query is not None or body.fill_unscored:
         rewards = [queue.unscored if r is None else r for r in rewards]
     return {"rewards": rewards, "scores": rewards, "extra_logs": {"unscored": unscored},
             "details": [s.to_dict() for s in scores]}
