@@ -7,7 +7,7 @@ the way a real misbehaving server does.
 
 Use it in a thread (tests)::
 
-    from tests.stub_openai_server import StubOpenAIServer
+    from cai.testing.stub_openai_server import StubOpenAIServer
 
     with StubOpenAIServer(latency=0.2) as server:      # or server.start() / server.stop()
         client = AsyncOpenAI(base_url=server.base_url, api_key="x")
@@ -19,13 +19,17 @@ or in its own process (benchmarks, so the server does not share the client's GIL
 
     with StubOpenAIServer(latency=0.2, subprocess=True) as server: ...
 
-or from a shell: ``python tests/stub_openai_server.py --port 8001 --latency 0.2``.
+or from a shell: ``python -m cai.testing.stub_openai_server --port 8001 --latency 0.2``.
 
 Faults (one per incoming chat request, first in first out):
 ``429[:RETRY_AFTER_S]`` rate limited with a Retry-After header (default 0.1 s),
 ``500`` / ``503`` server errors, ``slow[:SECONDS]`` answer only after SECONDS (default 5),
 ``drop`` close the connection without a response, ``malformed`` 200 with a broken JSON body,
-``400`` bad request, ``401`` auth error, ``context`` a vLLM-style context-length 400.
+``400`` bad request, ``401`` auth error, ``context`` a vLLM-style context-length 400,
+``null`` / ``empty`` 200 with ``content: null`` / ``""``, ``truncated`` a 200 whose body stops
+half way (Content-Length promises more, then the connection closes), ``hang`` never answer,
+``leak`` a 500 whose body quotes the request's Authorization header and an internal host
+name (as some proxies do).
 A request whose prompt has more words than ``max_context`` also gets the context-length error.
 """
 
@@ -62,6 +66,8 @@ class _Handler:
         self.requests = 0
         self.in_flight = 0
         self.peak_in_flight = 0  # most chat requests handled at once
+        self.faults_served = 0
+        self.headers: dict[str, str] = {}
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -71,6 +77,7 @@ class _Handler:
                 method, path, _ = lines[0].split(" ", 2)
                 headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
                 body = await reader.readexactly(int(headers.get("content-length", 0)))
+                self.headers = headers
                 if not await self.respond(method, path, body, writer):
                     return
                 if headers.get("connection", "").lower() == "close":
@@ -103,7 +110,7 @@ class _Handler:
             self._send(writer, 200, {})
         elif path == "/control/stats":
             self._send(writer, 200, {"requests": self.requests, "faults_left": len(self.faults),
-                                     "peak_in_flight": self.peak_in_flight})
+                                     "peak_in_flight": self.peak_in_flight, "faults_served": self.faults_served})
         elif path == "/health":
             self._send(writer, 200, {})
         elif path == "/v1/models":
@@ -123,7 +130,9 @@ class _Handler:
     async def chat(self, req: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
         self.requests += 1
         fault = self.faults.popleft() if self.faults else ""
+        self.faults_served += bool(fault)
         kind, _, arg = fault.partition(":")
+        auth = self.headers.get("authorization", "")
         if self.latency:
             await asyncio.sleep(self.latency)
         prompt_words = _words(req.get("messages", []))
@@ -132,6 +141,22 @@ class _Handler:
         if kind == "drop":
             writer.transport.abort()
             return False
+        if kind == "hang":
+            await asyncio.sleep(3600)
+        if kind == "truncated":
+            data = json.dumps(self.completion(req, prompt_words)).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                         + f"content-length: {len(data)}\r\n\r\n".encode() + data[: len(data) // 2])
+            await writer.drain()
+            writer.transport.abort()
+            return False
+        if kind in ("null", "empty"):
+            reply = self.completion(req, prompt_words)
+            reply["choices"][0]["message"]["content"] = None if kind == "null" else ""
+            reply["choices"][0]["logprobs"] = None
+            self._send(writer, 200, reply)
+            await writer.drain()
+            return True
         if kind == "malformed":
             self._send(writer, 200, b'{"id": "chatcmpl-broken", "choices": [{"message": ')
         elif kind == "429":
@@ -139,6 +164,10 @@ class _Handler:
                        {"retry-after": arg or "0.1"})
         elif kind in ("500", "503"):
             self._send(writer, int(kind), self._error("upstream failure", "server_error"))
+        elif kind == "leak":
+            self._send(writer, 500, self._error(
+                f"upstream llm-7.internal.example.net:8443 rejected the request (Authorization: {auth})",
+                "server_error"))
         elif kind == "400":
             self._send(writer, 400, self._error("invalid request", "invalid_request_error"))
         elif kind == "401":
