@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from cai.models import ScriptedModel
 from cai.server.client import RewardServerError, remote_reward_function
 from tests.test_server_util import LiveServer, serve
+from tests.test_training import tiny_hf_dir  # noqa: F401 (a fixture)
 from tests.test_wrapper import loop_script
 
 
@@ -79,3 +80,25 @@ def test_retries_give_up_with_the_last_error():
     with LiveServer(app) as s, pytest.raises(RewardServerError, match="failed 3 times; last: 500"):
         remote_reward_function(s.url, retries=2)(["p"], ["abc"])
     assert len(seen) == 3
+
+
+@pytest.mark.slow
+def test_one_grpo_step_with_the_remote_reward(refusal_server, tiny_hf_dir, tmp_path):
+    """TRL's GRPOTrainer itself calls the reward function (conversational prompts)."""
+    from tests.test_training import SFT
+    from training import train_rl
+    from training.recipes import load_recipe
+
+    calls = []
+    remote = remote_reward_function(refusal_server.url, api_key="sk-reward")
+
+    def reward(prompts, completions, **kwargs):
+        calls.append(len(completions))
+        return remote(prompts, completions, **kwargs)
+
+    reward.__name__ = remote.__name__
+    rl = load_recipe("grpo-embedded-cpu", model=str(tiny_hf_dir))
+    result = train_rl(SFT, tmp_path / "grpo", reward_funcs=[reward],
+                      recipe=rl.with_args(max_steps=1, max_completion_length=8))
+    logged = [e[k] for e in result.log_history for k in e if k.startswith("rewards/cai_remote_reward")]
+    assert calls and logged and all(0.0 <= r <= 1.0 for r in logged), result.log_history
