@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from cai.constitution import Constitution, Sampling, load_constitution
-from cai.inputs import OnBadLine, PromptRecord, read_prompts
+from cai.inputs import InputError, OnBadLine, PromptRecord, read_prompts
 from cai.models.base import ChatModel, GenParams, Message
 from cai.models.registry import load_model
 from cai.outputs import generate_writers, pair_kept
@@ -76,6 +77,9 @@ def _to_records(prompts: PromptsLike, prompt_field: str, messages_field: str, on
     if isinstance(prompts, (str, Path)) and Path(prompts).exists():
         found = read_prompts(prompts, prompt_field=prompt_field, messages_field=messages_field,
                              on_bad_line=on_bad_line, limit=limit)
+        if not found.prompts:
+            skipped = f" ({len(found.skipped)} bad records skipped)" if found.skipped else ""
+            raise InputError(f"{prompts}: no prompts{skipped}")
         return found.prompts, found.skipped
     if isinstance(prompts, (str, Path)):
         raise FileNotFoundError(f"{prompts}: no such prompt file (pass a list to give prompts directly)")
@@ -83,6 +87,15 @@ def _to_records(prompts: PromptsLike, prompt_field: str, messages_field: str, on
     for i, p in enumerate(prompts[:limit] if limit is not None else prompts):
         records.append(p if isinstance(p, PromptRecord) else PromptRecord(str(i), normalize_prompt(p), f"item {i}"))
     return records, []
+
+
+def sample_params(params: GenParams, seed: int, sample_id: str) -> GenParams:
+    """Sampled runs get a generation seed per sample, drawn from (run seed, sample id): a rerun
+    reproduces (and its calls hit the cache) while two samples of the same prompt stay
+    independent, since the seed is part of every call's cache key. An explicit seed is kept."""
+    if params.temperature <= 0 or params.seed is not None:
+        return params
+    return params.replace(seed=random.Random(f"{seed}:{sample_id}").getrandbits(31))
 
 
 async def _run(
@@ -96,7 +109,8 @@ async def _run(
     async def work(sample: Sample) -> Outcome:
         assert cached is not None, "a sample to do but no model loaded"
         trace = await revise(cached, sample.data, constitution, revisions=revisions, sampling=sampling,
-                             seed=seed, few_shot=few_shot, params=params, sample_id=sample.id, gates=gates)
+                             seed=seed, few_shot=few_shot, params=sample_params(params, seed, sample.id),
+                             sample_id=sample.id, gates=gates)
         trace.metadata["source"] = sources[sample.id]
         usage = trace.usage
         if judge is not None and trace.revised:

@@ -58,8 +58,10 @@ def test_invalid_json_line_and_empty_file(tmp_path):
     with pytest.raises(DataError, match=r"p\.jsonl:2: invalid JSON"):
         preference_dataset(path)
     (tmp_path / "empty.jsonl").write_text("\n")
-    with pytest.raises(DataError, match="no records"):
+    with pytest.raises(DataError, match=r"empty\.jsonl: no preference pairs"):
         preference_dataset(tmp_path / "empty.jsonl")
+    with pytest.raises(DataError, match="<records>: no SFT rows"):
+        sft_dataset([])
     with pytest.raises(DataError, match="no such file"):
         preference_dataset(tmp_path / "missing.jsonl")
 

@@ -35,10 +35,18 @@ class Splits:
     data_hash: str
 
 
-def read_rows(source: str | Path, stem: str | None = None) -> list[Row]:
+def read_rows(source: str | Path, stem: str | None = None, *, what: str = "records") -> list[Row]:
     """Read records with their locations. A folder (a cai run or ``cai export`` folder) is
-    searched for ``{stem}.jsonl``, a saved dataset ``{stem}/`` or ``{stem}.parquet``."""
-    path = Path(source)
+    searched for ``{stem}.jsonl``, a saved dataset ``{stem}/`` or ``{stem}.parquet``.
+    No records at all is an error (``path: no {what}``): TRL would fail later with a bare
+    ``StopIteration``."""
+    path, rows = _read_rows(Path(source), stem)
+    if not rows:
+        raise DataError(f"{path}: no {what}")
+    return rows
+
+
+def _read_rows(path: Path, stem: str | None) -> tuple[Path, list[Row]]:
     if path.is_dir() and stem:
         for candidate in (path / f"{stem}.jsonl", path / stem, path / f"{stem}.parquet"):
             if candidate.exists():
@@ -49,11 +57,11 @@ def read_rows(source: str | Path, stem: str | None = None) -> list[Row]:
             raise DataError(f"{path}: no {stem or 'data'} file or dataset in this folder")
         from datasets import load_from_disk
 
-        return [Row(dict(r), f"{path}[{i}]") for i, r in enumerate(load_from_disk(str(path)))]
+        return path, [Row(dict(r), f"{path}[{i}]") for i, r in enumerate(load_from_disk(str(path)))]
     if path.suffix == ".parquet" and path.is_file():
         from datasets import Dataset
 
-        return [Row(dict(r), f"{path}[{i}]") for i, r in enumerate(Dataset.from_parquet(str(path)))]
+        return path, [Row(dict(r), f"{path}[{i}]") for i, r in enumerate(Dataset.from_parquet(str(path)))]
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     text = path.read_text(encoding="utf-8")
@@ -61,7 +69,7 @@ def read_rows(source: str | Path, stem: str | None = None) -> list[Row]:
         data = _json(text, path, 0)
         if not isinstance(data, list):
             raise DataError(f"{path}:1: expected a JSON list of records")
-        return [Row(r, f"{path}[{i}]") for i, r in enumerate(data)]
+        return path, [Row(r, f"{path}[{i}]") for i, r in enumerate(data)]
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -70,9 +78,7 @@ def read_rows(source: str | Path, stem: str | None = None) -> list[Row]:
         if not isinstance(record, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
         rows.append(Row(record, f"{path}:{lineno}"))
-    if not rows:
-        raise DataError(f"{path}: no records")
-    return rows
+    return path, rows
 
 
 def _json(text: str, path: Path, line_offset: int) -> Any:
@@ -225,25 +231,28 @@ def _to_splits(records: list[dict[str, Any]], eval_fraction: float, seed: int) -
     return Splits(split["train"], split["test"], digest)
 
 
-def _as_rows(source: Any, stem: str) -> list[Row]:
+def _as_rows(source: Any, stem: str, what: str) -> list[Row]:
     """A path, or records already in memory (a list of dicts or a ``datasets.Dataset``)."""
     if isinstance(source, (str, Path)):
-        return read_rows(source, stem)
-    return [Row(dict(r), f"<records>[{i}]") for i, r in enumerate(source)]
+        return read_rows(source, stem, what=what)
+    rows = [Row(dict(r), f"<records>[{i}]") for i, r in enumerate(source)]
+    if not rows:
+        raise DataError(f"<records>: no {what}")
+    return rows
 
 
 def sft_dataset(source: Any, *, eval_fraction: float = 0.0, seed: int = 0, split_completion: bool = True) -> Splits:
-    rows = _as_rows(source, SFT)
+    rows = _as_rows(source, SFT, "SFT rows")
     return _to_splits([check_sft(r, split_completion=split_completion) for r in rows], eval_fraction, seed)
 
 
 def preference_dataset(source: Any, *, eval_fraction: float = 0.0, seed: int = 0) -> Splits:
-    rows = _as_rows(source, PREFERENCES)
+    rows = _as_rows(source, PREFERENCES, "preference pairs")
     return _to_splits([check_preference(r) for r in rows], eval_fraction, seed)
 
 
 def prompt_dataset(source: Any, *, eval_fraction: float = 0.0, seed: int = 0) -> Splits:
-    rows = _as_rows(source, SFT)
+    rows = _as_rows(source, SFT, "prompts")
     return _to_splits([check_prompt(r) for r in rows], eval_fraction, seed)
 
 

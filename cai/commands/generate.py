@@ -16,6 +16,32 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def _count_rows(path: Path) -> int:
+    return sum(1 for line in path.open(encoding="utf-8") if line.strip()) if path.is_file() else 0
+
+
+def why_no_pairs(traces: list) -> str:
+    """Why a run made no preference pair, counted, and what to try."""
+    from collections import Counter
+
+    failed = Counter(t.error or "unknown" for t in traces if not t.ok)
+    ok = [t for t in traces if t.ok]
+    early = sum(t.stop_reason == "early_stop" for t in ok)
+    degenerate = Counter(s.note.split(":", 1)[-1] for t in ok for s in t.steps if s.note.startswith("degenerate"))
+    unchanged = sum(t.stop_reason != "early_stop" and not t.revised for t in ok)
+    parts = [f"{early} stopped early (the critique found nothing to fix)"]
+    if degenerate:
+        parts.append(f"{sum(degenerate.values())} revisions rejected as degenerate "
+                     f"({', '.join(f'{k} {v}' for k, v in degenerate.most_common())})")
+    parts.append(f"{unchanged} ended with the initial answer unchanged")
+    if failed:
+        parts.append(f"{sum(failed.values())} failed ({', '.join(f'{k} {v}' for k, v in failed.most_common())})")
+    return (f"no preference pairs: of {len(traces)} samples, " + "; ".join(parts) + ".\n"
+            "try: a stronger model (--model openai:NAME --base-url URL, or vllm:/hf: PATH), sampling "
+            "(--temperature 0.7), more --revisions, or more prompts; a pair needs a revision that "
+            "differs from the initial answer.")
+
+
 def generate(
     input: Path = typer.Argument(..., help="Prompts: .jsonl/.json/.csv/.parquet file or a HF datasets folder."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<input name>)."),
@@ -91,22 +117,35 @@ def generate(
         from cai.report import write_report
 
         typer.echo(f"report: {write_report([out])}", err=True)
-    typer.echo(f"{out}: {s.done_before + s.done} done, {s.n_failed} failed -> "
-               f"{out / 'sft.jsonl'}, {out / 'preferences.jsonl'}", err=True)
+    rows, pairs = _count_rows(out / "sft.jsonl"), _count_rows(out / "preferences.jsonl")
+    typer.echo(f"{out}: {s.done_before + s.done} done, {s.n_failed} failed; "
+               f"{rows} SFT rows -> {out / 'sft.jsonl'}, {pairs} preference pairs -> {out / 'preferences.jsonl'}",
+               err=True)
+    revised = sum(t.revised for t in result.traces)
+    if not pairs and revised:
+        typer.secho(f"no preference pairs: all {revised} revised samples were dropped by --verify "
+                    "(see the run's report for the verdicts); try --min-margin lower or a stronger judge",
+                    fg="yellow", err=True)
+    elif not pairs and result.traces:
+        typer.secho(why_no_pairs(result.traces), fg="yellow", err=True)
     if s.n_failed:
         typer.secho("rerun the same command to retry the failed samples", fg="yellow", err=True)
+        raise typer.Exit(1)
 
 
 def export(
     run_dir: Path = typer.Argument(..., help="A `cai generate` run directory."),
     to: Path = typer.Option(..., "--to", help="Output folder."),
     format: Literal["hf", "parquet"] = typer.Option("hf", "--format", help="hf: datasets folders (load_from_disk); parquet: files."),
+    license: Optional[str] = typer.Option(None, "--license", help="HF licence id for the card (e.g. mit, cc-by-4.0); default: the prompts' licence file, else unknown."),
+    language: Optional[str] = typer.Option(None, "--language", help="Language code for the card; default: the constitution's."),
+    name: Optional[str] = typer.Option(None, "--name", help="The card's pretty_name."),
 ) -> None:
-    """Export a run's SFT rows and preference pairs, with a dataset card (README.md)."""
+    """Export a run's SFT rows and preference pairs, with a HF dataset card (README.md)."""
     from cai.outputs import export_run
 
     try:
-        counts = export_run(run_dir, to, format)
+        counts = export_run(run_dir, to, format, license=license, language=language, pretty_name=name)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
         return
