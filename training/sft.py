@@ -17,6 +17,7 @@ def train_sft(
     recipe: str | Path | Recipe = "sft-embedded-cpu",
     model: str | None = None,
     constitution_hash: str | None = None,
+    callbacks: list[Any] | None = None,
 ) -> TrainResult:
     """SFT on ``sft.jsonl`` records (``{"messages": [...]}``).
 
@@ -28,5 +29,5 @@ def train_sft(
     recipe = recipe_for(recipe, "sft", model)
     whole = bool(recipe.args.get("assistant_only_loss"))
     splits = sft_dataset(data, eval_fraction=recipe.eval_fraction, seed=recipe.seed, split_completion=not whole)
-    return fit(recipe, splits, out, constitution_hash=constitution_hash)
+    return fit(recipe, splits, out, constitution_hash=constitution_hash, callbacks=callbacks)
 

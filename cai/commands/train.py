@@ -88,11 +88,31 @@ SETS = typer.Option([], "--set", help="Override a TRL config field: --set learni
 CONSTITUTION = typer.Option(None, "--constitution", "-c", help="Constitution of the data, for provenance (default: read from the run).")
 
 
+EVAL_PROMPTS = typer.Option(None, "--eval-prompts", help="Held-out prompts (label/category optional): log win-rate vs the reference model and refusal rates during training.")
+EVAL_JUDGE = typer.Option("rules:refusal", "--eval-judge", help="Judge for --eval-prompts: pairwise:MODEL (win-rate), a pointwise judge, or rules:refusal.")
+EVAL_EVERY = typer.Option(50, "--eval-every", min=1, help="Evaluate every N steps (and at the last step).")
+EVAL_LIMIT = typer.Option(8, "--eval-limit", min=1, help="Use the first N eval prompts (of each label).")
+
+
+def _eval_callbacks(prompts: Optional[Path], judge: str, every: int, limit: int) -> dict[str, Any]:
+    if prompts is None:
+        return {}
+    from training.callbacks import WinRateCallback
+
+    return {"callbacks": [WinRateCallback(prompts, judge, every=every, limit=limit)]}
+
+
 def _offline(kind: str) -> Callable[..., None]:
     def command(data: Path = DATA, out: Optional[Path] = OUT, recipe: Optional[str] = RECIPE,
                 model: Optional[str] = MODEL, max_steps: Optional[int] = MAX_STEPS,
-                set: List[str] = SETS, constitution: Optional[str] = CONSTITUTION) -> None:
-        _run(kind, data, out, recipe, model, max_steps, set, constitution)
+                set: List[str] = SETS, constitution: Optional[str] = CONSTITUTION,
+                eval_prompts: Optional[Path] = EVAL_PROMPTS, eval_judge: str = EVAL_JUDGE,
+                eval_every: int = EVAL_EVERY, eval_limit: int = EVAL_LIMIT) -> None:
+        try:
+            callbacks = _eval_callbacks(eval_prompts, eval_judge, eval_every, eval_limit)
+        except ValueError as exc:  # InputError, JudgeSpecError, ModelSpecError
+            _fail(str(exc))
+        _run(kind, data, out, recipe, model, max_steps, set, constitution, **callbacks)
 
     command.__doc__ = HELP[kind]
     return command
