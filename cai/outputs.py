@@ -88,18 +88,66 @@ def run_counts(store: RunStore) -> dict[str, int]:
     return counts
 
 
-def dataset_card(config: dict[str, Any], counts: dict[str, int], fmt: ExportFormat) -> str:
+# licence texts recognised next to the input prompts (first match wins), as HF licence ids
+_LICENCE_TEXTS = (("MIT License", "mit"), ("Apache License", "apache-2.0"),
+                  ("Attribution 4.0 International", "cc-by-4.0"), ("Attribution-ShareAlike 4.0", "cc-by-sa-4.0"),
+                  ("CC0 1.0", "cc0-1.0"))
+_SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+          (10_000_000, "1M<n<10M"))
+
+
+def input_license(sources: list[str]) -> str | None:
+    """The HF licence id of the input prompts, from a licence file in their folder
+    (``LICENSE``, ``<name>_LICENSE.txt``, ...), when there is one and it is recognised."""
+    folders = {Path(src.rsplit(":", 1)[0]).parent for src in sources if ":" in src}
+    for folder in sorted(folders):
+        for path in sorted(folder.glob("*LICEN[CS]E*")) if folder.is_dir() else []:
+            text = path.read_text(encoding="utf-8", errors="replace")[:4000]
+            for marker, licence in _LICENCE_TEXTS:
+                if marker in text:
+                    return licence
+    return None
+
+
+def _language(config: dict[str, Any]) -> str | None:
+    """The run's constitution language, when the recorded constitution still loads as the same one."""
+    from cai.constitution import load_constitution
+
+    try:
+        constitution = load_constitution(config.get("constitution_name", ""))
+    except Exception:  # a custom constitution file that is gone: the card just says less
+        return None
+    return constitution.language if constitution.id == config.get("constitution") else None
+
+
+def size_category(rows: int) -> str:
+    return next((label for limit, label in _SIZES if rows < limit), "n>10M")
+
+
+def dataset_card(config: dict[str, Any], counts: dict[str, int], fmt: ExportFormat, *,
+                 license: str = "unknown", language: str | None = None, pretty_name: str | None = None) -> str:
+    """README.md with HF dataset-card metadata; ``sft`` is the default config, so
+    ``datasets.load_dataset(folder)`` loads it without a config name."""
+    import yaml
+
     safe = {k: config[k] for k in CARD_FIELDS if k in config}
-    files = {"hf": ("sft", "preferences"), "parquet": ("sft.parquet", "preferences.parquet")}[fmt]
     constitution = safe.get("constitution", "?")
+    files = {"hf": ("sft/*.arrow", "preferences/*.arrow"), "parquet": ("sft.parquet", "preferences.parquet")}[fmt]
+    meta: dict[str, Any] = {
+        "pretty_name": pretty_name or f"cai {safe.get('constitution_name', 'constitutional')} SL-CAI data",
+        "license": license,
+        **({"language": [language]} if language else {}),
+        "task_categories": ["text-generation"],
+        "size_categories": [size_category(max(counts.get("sft_rows", 0), counts.get("preference_pairs", 0)))],
+        "tags": ["constitutional-ai", "sl-cai", "cai", "sft", "dpo", "preference"],
+        "configs": [
+            {"config_name": "sft", "default": True, "data_files": [{"split": "train", "path": files[0]}]},
+            {"config_name": "preferences", "data_files": [{"split": "train", "path": files[1]}]},
+        ],
+    }
     lines = [
         "---",
-        "tags: [constitutional-ai, sl-cai, cai]",
-        "configs:",
-        "- config_name: sft",
-        f"  data_files: {files[0] if fmt == 'parquet' else files[0] + '/*.arrow'}",
-        "- config_name: preferences",
-        f"  data_files: {files[1] if fmt == 'parquet' else files[1] + '/*.arrow'}",
+        yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(),
         "---",
         "",
         "# Critique-revise (SL-CAI) data made with cai",
@@ -109,22 +157,28 @@ def dataset_card(config: dict[str, Any], counts: dict[str, int], fmt: ExportForm
         f"- revisions: {safe.get('revisions')}, principle sampling: {safe.get('sampling')}, "
         f"seed: {safe.get('seed')}, few-shot: {safe.get('few_shot')}",
         f"- generation params: `{json.dumps(safe.get('params', {}), sort_keys=True)}`",
+        f"- licence: `{license}`" + ("" if license != "unknown" else
+                                     " (set it with `cai export --license`; it should follow the prompts' licence)"),
         f"- exported: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
         "",
         "| what | count |",
         "|---|---|",
         *[f"| {k.replace('_', ' ')} | {v} |" for k, v in counts.items()],
         "",
-        "`sft`: TRL conversational SFT rows (`messages`: prompt turns + the final revised answer).",
-        "`preferences`: TRL conversational preference rows (`prompt`, `chosen` = final revision,",
-        "`rejected` = initial answer), only for samples whose answer was revised.",
+        "`sft` (the default config): TRL conversational SFT rows (`messages`: prompt turns + the final",
+        "revised answer). `preferences`: TRL conversational preference rows (`prompt`, `chosen` = final",
+        "revision, `rejected` = initial answer), only for samples whose answer was revised.",
         "",
     ]
     return "\n".join(lines)
 
 
-def export_run(run_dir: str | Path, to: str | Path, fmt: ExportFormat = "hf") -> dict[str, int]:
-    """Export a run's done samples (from its store, the source of truth) with a dataset card."""
+def export_run(run_dir: str | Path, to: str | Path, fmt: ExportFormat = "hf", *,
+               license: str | None = None, language: str | None = None,
+               pretty_name: str | None = None) -> dict[str, int]:
+    """Export a run's done samples (from its store, the source of truth) with a dataset card.
+    ``license`` defaults to the input prompts' licence where a licence file next to them
+    says it, else ``unknown``; ``language`` to the constitution's."""
     from datasets import Dataset
 
     run_dir, to = Path(run_dir), Path(to)
@@ -136,7 +190,7 @@ def export_run(run_dir: str | Path, to: str | Path, fmt: ExportFormat = "hf") ->
         traces = [Trace.from_dict(r.record or {}) for r in store.samples("done")]
         config, counts = store.config, run_counts(store)
     sft = [t.sft_record() for t in traces]
-    prefs = [p for p in (preference_row(t) for t in traces) if p]
+    prefs = [p for p in (t.preference_record() for t in traces) if p]
     to.mkdir(parents=True, exist_ok=True)
     for name, rows in (("sft", sft), ("preferences", prefs)):
         ds = Dataset.from_list(rows) if rows else Dataset.from_dict({k: [] for k in _empty_columns(name)})
@@ -144,7 +198,10 @@ def export_run(run_dir: str | Path, to: str | Path, fmt: ExportFormat = "hf") ->
             ds.save_to_disk(str(to / name))
         else:
             ds.to_parquet(str(to / f"{name}.parquet"))
-    (to / "README.md").write_text(dataset_card(config, counts, fmt), encoding="utf-8")
+    sources = [str(t.metadata.get("source", "")) for t in traces]
+    card = dataset_card(config, counts, fmt, license=license or input_license(sources) or "unknown",
+                        language=language or _language(config), pretty_name=pretty_name)
+    (to / "README.md").write_text(card, encoding="utf-8")
     return {"sft": len(sft), "preferences": len(prefs)}
 
 
