@@ -45,8 +45,9 @@ def remote_reward_function(
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     policy = RetryConfig(max_retries=retries)
     chunk = [batch_size]  # learnt from 413s, kept across calls
+    client = httpx.Client(timeout=timeout)  # one pool (and SSL context) for every call; thread-safe
 
-    def post(client: httpx.Client, items: list[dict[str, Any]]) -> list[float | None]:
+    def post(items: list[dict[str, Any]]) -> list[float | None]:
         for attempt in range(1, retries + 2):
             try:
                 r = client.post(endpoint, json={"items": items, "fill_unscored": fill_unscored}, headers=headers)
@@ -71,15 +72,14 @@ def remote_reward_function(
 
         items = [{"prompt": p, "response": response_text(c)} for p, c in zip(prompts, completions)]
         rewards: list[float | None] = []
-        with httpx.Client(timeout=timeout) as client:
-            while len(rewards) < len(items):
-                part = items[len(rewards): len(rewards) + chunk[0]]
-                try:
-                    rewards.extend(post(client, part))
-                except RewardServerError as exc:
-                    if exc.status != 413 or len(part) == 1:
-                        raise
-                    chunk[0] = max(1, len(part) // 2)  # over the server's batch or body limit
+        while len(rewards) < len(items):
+            part = items[len(rewards): len(rewards) + chunk[0]]
+            try:
+                rewards.extend(post(part))
+            except RewardServerError as exc:
+                if exc.status != 413 or len(part) == 1:
+                    raise
+                chunk[0] = max(1, len(part) // 2)  # over the server's batch or body limit
         return rewards
 
     reward_func.__name__ = "cai_remote_reward"
