@@ -143,11 +143,15 @@ def read_records(path: Path) -> Iterator[tuple[str, Any]]:
                     yield f"{path}:{n}", json.loads(line)
                 except json.JSONDecodeError as exc:
                     yield f"{path}:{n}", ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})")
+                except RecursionError:
+                    yield f"{path}:{n}", ValueError("JSON nested too deeply")
     elif suffix == ".json":
         try:
             data = json.loads(read_text(path))
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+        except RecursionError:
+            raise InputError(f"{path}:1: JSON nested too deeply") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
