@@ -336,9 +336,8 @@ async def evaluate_safety(
         from cai.models.registry import load_model
 
         raw = model or load_model(subject.model, **(model_options or {}))
-        if judge_model is None and judge.partition(":")[2] == subject.model:
-            judge_model = raw
-        refusal_check, harm_judge = safety_judges(judge, store, judge_model=judge_model, model_options=model_options)
+        shared = raw if judge_model is None and judge.partition(":")[2] == subject.model else judge_model
+        refusal_check, harm_judge = safety_judges(judge, store, judge_model=shared, model_options=model_options)
         under_test = subject.build(store, model=raw)
     except BaseException:
         store.close()
@@ -370,7 +369,8 @@ async def evaluate_safety(
         return safety_metrics(records, model=subject.name, judge=judge, data=data, failed=summary.n_failed,
                               wall_s=time.monotonic() - start)
     finally:
-        await under_test.aclose()
-        if harm_judge is not None and judge_model is not raw:
+        if model is None:  # the caller's models stay open
+            await raw.aclose()
+        if harm_judge is not None and shared is None:  # loaded by load_judge
             await harm_judge.model.aclose()  # type: ignore[attr-defined]
         store.close()
