@@ -127,16 +127,17 @@ class GuardMiddleware:
                                     "body_timeout", "body_timeout", [(b"connection", b"close")])
             if body is None:  # the client went away
                 return None
-            if state.in_flight >= limits.max_concurrency:
+            counted = route != "reward"  # reward requests wait in their own bounded queue (503 when full)
+            if counted and state.in_flight >= limits.max_concurrency:
                 return await reject(429, "server is at its concurrency limit; retry shortly", "overloaded",
                                     "overloaded", [(b"retry-after", b"1")])
-            state.in_flight += 1
-            metrics.in_flight.inc()
+            state.in_flight += counted
+            metrics.in_flight.inc(counted)
             try:
                 await self.app(scope, _replay(body, receive), send_status)
             finally:
-                state.in_flight -= 1
-                metrics.in_flight.dec()
+                state.in_flight -= counted
+                metrics.in_flight.dec(counted)
         finally:
             metrics.requests.labels(route, str(status_box[0])).inc()
             metrics.latency.labels(route).observe(time.perf_counter() - start)
