@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from cai.constitution import Constitution, Sampling, load_constitution
 from cai.inputs import InputError, OnBadLine, PromptRecord, read_prompts
-from cai.models.base import ChatModel, GenParams, Message
+from cai.models.base import ChatModel, Completion, GenParams, Message, ModelWrapper
 from cai.models.registry import load_model
 from cai.outputs import generate_writers, pair_kept
 from cai.quality import QualityGates
@@ -89,13 +89,22 @@ def _to_records(prompts: PromptsLike, prompt_field: str, messages_field: str, on
     return records, []
 
 
-def sample_params(params: GenParams, seed: int, sample_id: str) -> GenParams:
-    """Sampled runs get a generation seed per sample, drawn from (run seed, sample id): a rerun
-    reproduces (and its calls hit the cache) while two samples of the same prompt stay
-    independent, since the seed is part of every call's cache key. An explicit seed is kept."""
-    if params.temperature <= 0 or params.seed is not None:
-        return params
-    return params.replace(seed=random.Random(f"{seed}:{sample_id}").getrandbits(31))
+class SampleSeeded(ModelWrapper):
+    """Sampled calls of one sample get a seed from (run seed, sample id, conversation length):
+    a rerun reproduces them (the seed is part of each call's cache key, so they hit the cache),
+    while two samples of the same prompt, and the calls of one sample, stay independent. One
+    seed for every call of a sample draws the same random numbers each time, and the 135M
+    model's revisions then came out as copies of its critiques. An explicit seed is kept."""
+
+    def __init__(self, model: ChatModel, seed: int, sample_id: str):
+        super().__init__(model)
+        self.key = f"{seed}:{sample_id}"
+
+    async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
+        params = params or GenParams()
+        if params.temperature > 0 and params.seed is None:
+            params = params.replace(seed=random.Random(f"{self.key}:{len(messages)}").getrandbits(31))
+        return await self.model.chat(messages, params)
 
 
 async def _run(
@@ -108,9 +117,8 @@ async def _run(
 
     async def work(sample: Sample) -> Outcome:
         assert cached is not None, "a sample to do but no model loaded"
-        trace = await revise(cached, sample.data, constitution, revisions=revisions, sampling=sampling,
-                             seed=seed, few_shot=few_shot, params=sample_params(params, seed, sample.id),
-                             sample_id=sample.id, gates=gates)
+        trace = await revise(SampleSeeded(cached, seed, sample.id), sample.data, constitution, revisions=revisions,
+                             sampling=sampling, seed=seed, few_shot=few_shot, params=params, sample_id=sample.id, gates=gates)
         trace.metadata["source"] = sources[sample.id]
         usage = trace.usage
         if judge is not None and trace.revised:
