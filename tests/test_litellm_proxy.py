@@ -86,6 +86,13 @@ def proxy(upstream, tmp_path_factory):
         log.close()
 
 
+def test_example_config_names_its_master_key():
+    """LiteLLM refuses to start without a master key (UnsafeMasterKeyError): the example sets one."""
+    text = (ROOT / "examples" / "litellm_config.yaml").read_text()
+    assert yaml.safe_load(text)["general_settings"]["master_key"] == "os.environ/LITELLM_MASTER_KEY"
+    assert "export LITELLM_MASTER_KEY=" in text
+
+
 def client(url: str, key: str = MASTER_KEY) -> openai.OpenAI:
     return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
 

@@ -142,3 +142,16 @@ def test_system_fingerprint_and_vllm_fields(revising, passthrough):
     # a different mode/upstream is a different fingerprint
     assert client(passthrough).chat.completions.create(model="cai", messages=ASK).system_fingerprint \
         != r.system_fingerprint
+
+
+@pytest.mark.slow
+def test_tool_result_turn_on_the_embedded_model(embedded_model):
+    """The real chat template sees the tool-call turn and the tool result (both modes)."""
+    for mode in ("off", "always"):
+        overrides = {"wrapper.mode": mode, "wrapper.revisions": 1, "wrapper.few_shot": False,
+                     "limits.request_timeout_s": 600}
+        with serve(embedded_model, overrides=overrides) as s:
+            c = openai.OpenAI(base_url=s.base_url, api_key="sk-all", max_retries=0, timeout=600)
+            r = c.chat.completions.create(model="cai", messages=TOOL_TURNS, max_tokens=8)
+            assert r.choices[0].message.content and r.choices[0].finish_reason in ("stop", "length")
+            assert c.models.list().data[0].id == "cai"  # same client, connection still fine
