@@ -8,6 +8,8 @@ from typing import List, Literal, Optional
 
 import typer
 
+from cai.commands.judge import MAX_RETRIES, TIMEOUT, _model_options
+
 Sampling = Literal["random", "all", "sequential"]
 
 
@@ -57,6 +59,8 @@ def generate(
     temperature: float = typer.Option(0.0, min=0.0, help="Sampling temperature of every call."),
     base_url: Optional[str] = typer.Option(None, help="Server URL for openai:/litellm: models, e.g. http://127.0.0.1:8000/v1."),
     api_key: Optional[str] = typer.Option(None, envvar="CAI_API_KEY", show_envvar=True, help="API key (never written to the run)."),
+    timeout: Optional[float] = TIMEOUT,
+    max_retries: Optional[int] = MAX_RETRIES,
     prompt_field: str = typer.Option("prompt", help="Input field holding the prompt text."),
     messages_field: str = typer.Option("messages", help="Input field holding a conversation."),
     on_bad_line: Literal["skip", "abort"] = typer.Option("abort", help="Bad input record: skip it (and list it) or abort."),
@@ -90,7 +94,7 @@ def generate(
     if verify is not None and verify.partition(":")[0].strip() not in available_judges():
         _fail(f"--verify {verify!r}: unknown judge kind {verify.partition(':')[0].strip()!r}; "
               f"known: {', '.join(available_judges())}")
-    options = {k: v for k, v in {"base_url": base_url, "api_key": api_key}.items() if v}
+    options = _model_options(base_url, api_key, timeout, max_retries, (model, verify))
     if model.startswith("openai:"):
         options["max_concurrency"] = concurrency
     try:
