@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Callable
+from typing import Any
 
 PROMPT_KEYS = ("prompt", "question")
 
@@ -40,7 +40,7 @@ def _prompt(extra_info: Any, prompt_key: str | None) -> Any:
     )
 
 
-def _remote(url: str, api_key: str | None, unscored_reward: float | None) -> Callable[..., list[float | None]]:
+def _remote(url: str, api_key: str | None, unscored_reward: float | None) -> Any:
     from cai.server.client import remote_reward_function
 
     key = ("url", url, api_key, unscored_reward)
@@ -93,8 +93,10 @@ def compute_score(
     if (url is None) == (judge is None):
         raise ValueError("set exactly one of reward_kwargs.url (a cai serve) or reward_kwargs.judge (a judge spec)")
     if url is not None:
-        (reward,) = _remote(url, api_key, unscored_reward)([prompt], [solution_str])
-        return _result(reward, unscored_reward)
+        (reward,), (unscored,) = _remote(url, api_key, unscored_reward).score([prompt], [solution_str])
+        if reward is not None:  # filled by the server when unscored_reward is None
+            return {"score": float(reward), "unscored": float(unscored)}
+        return _result(None, unscored_reward)
     scorer = _local(judge, judge_options)  # type: ignore[arg-type]
     (reward,) = scorer([prompt], [solution_str])
     return _result(reward, unscored_reward if unscored_reward is not None else scorer.judge.worst_reward())

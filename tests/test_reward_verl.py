@@ -90,3 +90,20 @@ def test_prompt_key_and_clear_errors(reward_server):
         asyncio.run(run_single(custom_reward_fn("compute_score", {"judge": "rules:refusal"}), REFUSAL, {}))
     with pytest.raises(ValueError, match="exactly one of"):
         asyncio.run(run_single(custom_reward_fn("compute_score", {}), REFUSAL, {"prompt": "x"}))
+
+
+def test_unscored_items_get_the_servers_worst_reward_and_are_flagged():
+    from judges.base import PointwiseJudge, Score
+
+    class Unsure(PointwiseJudge):  # a violation-style judge (0..1, lower is better) that never parses
+        higher_is_better, scale = False, (0.0, 1.0)
+
+        async def score(self, prompt, response):
+            return Score(None, "unparseable", raw="hmm")
+
+    with serve(ScriptedModel(loop_script), pointwise=Unsure()) as s:
+        fn = custom_reward_fn("compute_score", {"url": s.url, "api_key": "sk-reward"})
+        out = asyncio.run(run_single(fn, REFUSAL, {"prompt": "x"}))
+        assert out["reward_score"] == -1.0 and out["reward_extra_info"]["unscored"] == 1.0
+        fn = custom_reward_fn("compute_score", {"url": s.url, "api_key": "sk-reward", "unscored_reward": -3})
+        assert asyncio.run(run_single(fn, REFUSAL, {"prompt": "x"}))["reward_score"] == -3.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -20,6 +20,71 @@ class RewardServerError(RuntimeError):
         self.status = status
 
 
+class RemoteReward:
+    """A TRL reward function over /v1/reward; see ``remote_reward_function``."""
+
+    def __init__(self, url: str, *, api_key: str | None, timeout: float, batch_size: int, retries: int,
+                 fill_unscored: bool):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.__name__ = "cai_remote_reward"  # TRL logs rewards/<__name__>
+        self.endpoint = url.rstrip("/").removesuffix("/v1") + "/v1/reward"
+        self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.retries = retries
+        self.policy = RetryConfig(max_retries=retries)
+        self.fill_unscored = fill_unscored
+        self.batch_size = batch_size  # halved on each 413, kept across calls
+        self.client = httpx.Client(timeout=timeout)  # one pool (and SSL context) for every call; thread-safe
+
+    def _post(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        body = {"items": items, "fill_unscored": self.fill_unscored}
+        for attempt in range(1, self.retries + 2):
+            try:
+                r = self.client.post(self.endpoint, json=body, headers=self.headers)
+                r.raise_for_status()
+                return r.json()
+            except httpx.HTTPStatusError as exc:
+                if r.status_code not in RETRIED:
+                    raise RewardServerError(f"cai reward server {self.endpoint} answered {r.status_code}: "
+                                            f"{r.text[:500]}", r.status_code) from None
+                failure = TransientModelError(f"{r.status_code}: {r.text[:200]}", retry_after=_retry_after(exc))
+            except httpx.TransportError as exc:
+                failure = TransientModelError(f"{type(exc).__name__}: {exc}")
+            if attempt > self.retries:
+                raise RewardServerError(f"cai reward server {self.endpoint} failed {attempt} times; last: {failure}")
+            time.sleep(backoff_delay(self.policy, failure, attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def score(self, prompts: list[Any], completions: list[Any]) -> tuple[list[float | None], list[bool]]:
+        """(rewards, unscored flags), one per completion, in chunks the server accepts."""
+        from judges.base import response_text  # the server (a surface) may use judges; lazily
+
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+        items = [{"prompt": p, "response": response_text(c)} for p, c in zip(prompts, completions)]
+        rewards: list[float | None] = []
+        unscored: list[bool] = []
+        while len(rewards) < len(items):
+            part = items[len(rewards): len(rewards) + self.batch_size]
+            try:
+                out = self._post(part)
+            except RewardServerError as exc:
+                if exc.status != 413 or len(part) == 1:
+                    raise
+                self.batch_size = max(1, len(part) // 2)  # over the server's batch or body limit
+                continue
+            rewards.extend(out["rewards"])
+            flags = (out.get("extra_logs") or {}).get("unscored") or [r is None for r in out["rewards"]]
+            unscored.extend(bool(u) for u in flags)
+        return rewards, unscored
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
+        return self.score(prompts, completions)[0]
+
+    def close(self) -> None:
+        self.client.close()
+
+
 def remote_reward_function(
     url: str,
     *,
@@ -28,7 +93,7 @@ def remote_reward_function(
     batch_size: int = 256,
     retries: int = 5,
     fill_unscored: bool = False,
-) -> Callable[..., list[float | None]]:
+) -> RemoteReward:
     """``reward_func(prompts, completions, **kwargs) -> list[float | None]`` for TRL trainers.
 
     ``url`` is the server's base URL (``http://HOST:PORT`` or ``.../v1``). Prompts and
@@ -39,48 +104,5 @@ def remote_reward_function(
     not score come back as None, which TRL treats as "no reward from this function", or with
     ``fill_unscored=True`` as the server's ``judge.unscored_reward`` (default: the judge's worst).
     """
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    endpoint = url.rstrip("/").removesuffix("/v1") + "/v1/reward"
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    policy = RetryConfig(max_retries=retries)
-    chunk = [batch_size]  # learnt from 413s, kept across calls
-    client = httpx.Client(timeout=timeout)  # one pool (and SSL context) for every call; thread-safe
-
-    def post(items: list[dict[str, Any]]) -> list[float | None]:
-        for attempt in range(1, retries + 2):
-            try:
-                r = client.post(endpoint, json={"items": items, "fill_unscored": fill_unscored}, headers=headers)
-                r.raise_for_status()
-                return r.json()["rewards"]
-            except httpx.HTTPStatusError as exc:
-                if r.status_code not in RETRIED:
-                    raise RewardServerError(f"cai reward server {endpoint} answered {r.status_code}: "
-                                            f"{r.text[:500]}", r.status_code) from None
-                failure = TransientModelError(f"{r.status_code}: {r.text[:200]}", retry_after=_retry_after(exc))
-            except httpx.TransportError as exc:
-                failure = TransientModelError(f"{type(exc).__name__}: {exc}")
-            if attempt > retries:
-                raise RewardServerError(f"cai reward server {endpoint} failed {attempt} times; last: {failure}")
-            time.sleep(backoff_delay(policy, failure, attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def reward_func(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
-        if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-        from judges.base import response_text  # the server (a surface) may use judges; lazily
-
-        items = [{"prompt": p, "response": response_text(c)} for p, c in zip(prompts, completions)]
-        rewards: list[float | None] = []
-        while len(rewards) < len(items):
-            part = items[len(rewards): len(rewards) + chunk[0]]
-            try:
-                rewards.extend(post(part))
-            except RewardServerError as exc:
-                if exc.status != 413 or len(part) == 1:
-                    raise
-                chunk[0] = max(1, len(part) // 2)  # over the server's batch or body limit
-        return rewards
-
-    reward_func.__name__ = "cai_remote_reward"
-    return reward_func
+    return RemoteReward(url, api_key=api_key, timeout=timeout, batch_size=batch_size, retries=retries,
+                        fill_unscored=fill_unscored)
