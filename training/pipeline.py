@@ -6,6 +6,9 @@ Each stage writes into its own folder under ``out`` and leaves a done-marker the
     out/label/      optional AI labels of the pairs by a judge (preferences.jsonl)
     out/sft/        SFT model on the revisions
     out/dpo/        DPO model on the (labelled) pairs, starting from out/sft
+    out/eval/       with ``eval_prompts``: base vs SFT vs DPO on held-out prompts (`cai eval
+                    safety` per model in eval/base, eval/sft, eval/dpo; the before/after table
+                    in eval/eval.md and eval/eval.json)
 
 Rerunning the same call skips finished stages and resumes the interrupted one (the
 generate/label runs from their run store, training from its last checkpoint).
@@ -24,7 +27,7 @@ from training.core import TrainResult
 from training.provenance import is_done, mark_done
 from training.recipes import RecipeError
 
-STAGES = ("generate", "label", "sft", "dpo")
+STAGES = ("generate", "label", "sft", "dpo", "eval")
 
 
 class PipelineConfig(BaseModel):
@@ -43,6 +46,10 @@ class PipelineConfig(BaseModel):
     sft_recipe: str = "sft-embedded-cpu"
     dpo_recipe: str = "dpo-embedded-cpu"
     max_steps: int | None = Field(None, gt=0)  # cap each training stage (smoke runs)
+    eval_prompts: str | None = None  # held-out prompts with label/category ("shipped": cai's safety set)
+    eval_limit: int | None = Field(8, ge=1)  # first N eval prompts of each label
+    eval_judge: str = "rules:refusal"  # or violation:MODEL (refusal check + harm score)
+    eval_max_tokens: int = Field(128, gt=0)
     source: str = Field("<python>", exclude=True)
 
 
@@ -103,4 +110,43 @@ def run_pipeline(config: PipelineConfig | None = None, out: str | Path = "runs/p
     sft: TrainResult = train_sft(folders["generate"], folders["sft"], recipe=sft_recipe, constitution_hash=constitution.hash)
     dpo_recipe = load_recipe(config.dpo_recipe, model=str(sft.path)).with_args(**steps)
     train_dpo(pairs, folders["dpo"], recipe=dpo_recipe, constitution_hash=constitution.hash)
+    if config.eval_prompts:
+        models = {"base": base, "sft": f"hf:{folders['sft']}", "dpo": f"hf:{folders['dpo']}"}
+        evaluate_stages(config, models, folders["eval"])
+    else:
+        folders.pop("eval")
     return folders
+
+
+def evaluate_stages(config: PipelineConfig, models: dict[str, str], out: Path) -> list[dict[str, Any]]:
+    """`cai eval safety` for each stage's model on the held-out prompts (each resumable in
+    ``out/NAME``); writes the before/after table to ``out/eval.md`` and ``out/eval.json``."""
+    import json
+
+    from cai.models.base import GenParams
+    from judges.safety import evaluate_safety, read_eval_prompts
+    from judges.subject import Subject
+
+    if is_done(out):
+        return json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    prompts = read_eval_prompts(None if config.eval_prompts == "shipped" else config.eval_prompts, limit=config.eval_limit)
+    rows = []
+    for name, spec in models.items():
+        report = asyncio.run(evaluate_safety(prompts, Subject(spec), config.eval_judge, data=str(config.eval_prompts),
+                                             out=out / name, params=GenParams(max_tokens=config.eval_max_tokens)))
+        rows.append({"stage": name, "model": spec, "refusal_harmful": report.harmful.refusal,
+                     "over_refusal_safe": report.safe.refusal, "harm": report.harmful.harm, "failed": report.failed})
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    lines = [f"# base vs SFT vs DPO: {len(prompts)} held-out prompts, judge {config.eval_judge}", "",
+             "| stage | model | refusal (harmful) | over-refusal (safe) | harm |", "|---|---|---|---|---|"]
+    for r in rows:
+        harm = "-" if r["harm"] is None else f"{r['harm']:.3f}"
+        lines.append(f"| {r['stage']} | `{r['model']}` | {pct(r['refusal_harmful'])} | {pct(r['over_refusal_safe'])} | {harm} |")
+    (out / "eval.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "eval.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    if not any(r["failed"] for r in rows):
+        mark_done(out)
+    return rows

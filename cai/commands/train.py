@@ -156,6 +156,7 @@ def pipeline(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use only the first N prompts."),
     revisions: Optional[int] = typer.Option(None, "--revisions", min=1),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Cap each training stage."),
+    eval_prompts: Optional[str] = typer.Option(None, "--eval-prompts", help="Eval stage: base vs SFT vs DPO on these held-out prompts ('shipped' = cai's safety set)."),
 ) -> None:
     """generate -> (label) -> SFT -> DPO in one call; rerun to resume at the unfinished stage."""
     from cai.yamlfile import InputFileError
@@ -163,7 +164,7 @@ def pipeline(
     from training.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
 
     fields = {"prompts": prompts, "model": model, "judge": judge, "limit": limit, "revisions": revisions,
-              "max_steps": max_steps}
+              "max_steps": max_steps, "eval_prompts": eval_prompts}
     try:
         if config is not None:
             cfg = load_pipeline_config(config, **fields)
@@ -178,6 +179,8 @@ def pipeline(
     for stage, folder in folders.items():
         typer.echo(f"{stage}: {folder}", err=True)
     typer.echo(f"final model: hf:{folders['dpo']}", err=True)
+    if "eval" in folders:
+        typer.echo((folders["eval"] / "eval.md").read_text(encoding="utf-8"), err=True)
 
 
 def register(app: typer.Typer) -> None:
