@@ -147,13 +147,14 @@ def test_unscored_item_gets_the_judges_worst_reward(reward_server, tokenizer):
 
 
 def test_full_queue_is_503_with_a_clear_message():
-    judge = SlowJudge(delay=1.0)
+    judge = SlowJudge(delay=1.5)
     with keyless(judge, **{"judge.max_queue": 4}) as s:
         async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(timeout=30) as client:
                 # the first batch is taken at once; 4 more wait; the rest do not fit
                 first = asyncio.create_task(client.post(s.base_url + "/reward", json={"query": ["x"] * 4}))
-                await asyncio.sleep(0.2)
+                while not judge.calls:  # the first batch is with the judge
+                    await asyncio.sleep(0.01)
                 more = [client.post(s.base_url + "/reward", json={"query": ["x"]}) for _ in range(8)]
                 return [await first, *await asyncio.gather(*more)]
 
