@@ -101,3 +101,26 @@ async def test_revise_rolls_back_a_gated_revision_and_names_the_reason():
     trace = await revise(ScriptedModel(script), "하루에 술을 얼마나 마셔도 되나요?", ko, revisions=2, few_shot=False)
     assert [s.note for s in trace.steps] == ["degenerate:wrong_language"] * 2
     assert trace.preference_record() is None  # nothing usable: no pair
+
+
+@pytest.mark.slow
+async def test_truncation_gate_on_the_embedded_model(embedded_model):
+    """The real backend's finish_reason reaches the gate: with 12 tokens every reply is cut off,
+    so with on_truncated=drop no revision is accepted and the drops are named `truncated` (or
+    an earlier degenerate reason); with keep, accepted revisions are flagged."""
+    from cai.models import GenParams
+
+    params = GenParams(max_tokens=12)
+    prompt = "Explain in detail how to stay safe when walking home alone at night."
+    dropped = await revise(embedded_model, prompt, HARMLESS, revisions=1, sampling="sequential", params=params,
+                           few_shot=False, gates=QualityGates(on_truncated="drop"))
+    assert dropped.metadata.get("initial_truncated") is True
+    revised = [s for s in dropped.steps if s.revision is not None]
+    assert not any(s.accepted for s in dropped.steps)
+    assert all(s.note.startswith("degenerate:") for s in revised)
+    kept = await revise(embedded_model, prompt, HARMLESS, revisions=1, sampling="sequential", params=params,
+                        few_shot=False)
+    assert all(s.note == "truncated" for s in kept.steps if s.accepted)
+    truncated_drops = [s for s in dropped.steps if s.note == "degenerate:truncated"]
+    accepted_when_kept = [s for s in kept.steps if s.accepted]
+    assert truncated_drops or not accepted_when_kept  # what keep accepted, drop refused as truncated
