@@ -46,6 +46,12 @@ def _figure(width: float = 5.2, height: float = 2.8):
 
 def _svg(fig, name: str, title: str) -> str:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:  # counts are whole numbers
+        label = ax.get_xlabel() + ax.get_ylabel()
+        if any(w in label for w in ("samples", "count", "rounds", "pairs")):
+            (ax.xaxis if ax.get_xlabel() in ("samples", "count") or ax.get_xlabel().startswith("rounds") else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
 
     fig.suptitle(title, fontsize=9, x=0.02, ha="left")
     fig.tight_layout()
