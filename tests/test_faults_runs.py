@@ -67,8 +67,10 @@ def test_generate_under_every_fault_kind(upstream, tmp_path):
     if result.exit_code != 0 or "failed" in result.output and " 0 failed" not in result.output:
         result = CliRunner().invoke(app, args)  # a resume retries what failed
     assert result.exit_code == 0, result.output
-    assert upstream.stats()["faults_served"] - before >= 1 + len(FAULTS)  # every kind was served
+    served = upstream.stats()["faults_served"] - before
+    assert served >= 1 + len(FAULTS)  # every kind was served
     traces = _rows(out / "traces.jsonl")
+    print(f"\nfault suite (generate): {served} faults injected, {N} samples, {N - len(traces)} lost")
     _exactly_once(traces)
     for trace in traces:  # none silently wrong: every answer is the upstream's real text
         assert trace["stop_reason"] != "failed", trace
@@ -102,6 +104,7 @@ def test_label_under_faults_with_hangs_and_timeout(upstream, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Q{i}?", "chosen": f"good {i}",
                                         "rejected": f"bad {i}"}) + "\n" for i in range(N)))
+    before = upstream.stats()["faults_served"]
     upstream.inject(*_interleaved(["hang", *FAULTS, "hang"]))
     out = tmp_path / "labels"
     args = ["label", str(data), "--out", str(out), "--judge", "pairwise:openai:stub", "--base-url",
@@ -115,6 +118,8 @@ def test_label_under_faults_with_hangs_and_timeout(upstream, tmp_path):
     assert result.exit_code == 0, result.output
     assert not [w for w in caught if "Unclosed" in str(w.message)]  # aiohttp's "Unclosed client session"
     labels = _rows(out / "labels.jsonl")
+    print(f"\nfault suite (label): {upstream.stats()['faults_served'] - before} faults injected, {N} samples, "
+          f"{N - len(labels)} lost")
     _exactly_once(labels)
     assert all(row["status"] != "failed" for row in labels)
 
