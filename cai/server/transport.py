@@ -1,9 +1,9 @@
-"""uvicorn's HTTP/1.1 protocol with a deadline for request headers, and an access log
-without query strings.
+"""uvicorn's HTTP/1.1 protocols (httptools, else h11) with a deadline for request headers,
+and an access log without query strings.
 
 uvicorn bounds an idle keep-alive connection (``timeout_keep_alive``) but neither the time a
-client takes to send its headers nor a connection that trickles bytes: h11 has no header
-timeout of its own, and every received byte cancels uvicorn's keep-alive timer. Here a
+client takes to send its headers nor a connection that trickles bytes: neither parser has a
+header timeout, and every received byte cancels uvicorn's keep-alive timer. Here a
 connection whose headers are not complete within ``header_timeout`` of it opening (or of the
 previous response ending) is closed. The body's deadline is the app's (``GuardMiddleware``).
 """
@@ -19,46 +19,67 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
-class HeaderDeadlineProtocol(H11Protocol):
-    header_timeout: float = 10.0
+class _HeaderDeadline:
+    """Mixin over a uvicorn HTTP protocol: a connection must deliver each request's headers in
+    time (a trickle of bytes does not extend it)."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    header_timeout: float = 10.0
+    _header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
         self._arm_header_deadline(self.header_timeout)
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:  # the headers are in
-            self._cancel_header_deadline()
-
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():  # the next request's headers, after keep-alive idling
-            self._arm_header_deadline(self.timeout_keep_alive + self.header_timeout)
+        super().on_response_complete()  # type: ignore[misc]
+        if not self.transport.is_closing():  # type: ignore[attr-defined]
+            # the next request's headers, after up to the keep-alive idle time
+            self._arm_header_deadline(self.timeout_keep_alive + self.header_timeout)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_deadline()
-        super().connection_lost(exc)
+        self._headers_in()
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _arm_header_deadline(self, seconds: float) -> None:
-        self._cancel_header_deadline()
-        self._header_deadline = self.loop.call_later(seconds, self._header_deadline_passed)
+        self._headers_in()
+        self._header_deadline = self.loop.call_later(seconds, self._header_deadline_passed)  # type: ignore[attr-defined]
 
-    def _cancel_header_deadline(self) -> None:
-        handle = getattr(self, "_header_deadline", None)
-        if handle is not None:
-            handle.cancel()
+    def _headers_in(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
             self._header_deadline = None
 
     def _header_deadline_passed(self) -> None:
         self._header_deadline = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.transport.close()
+        if not self.transport.is_closing():  # type: ignore[attr-defined]
+            self.transport.close()  # type: ignore[attr-defined]
+
+
+class H11HeaderDeadline(_HeaderDeadline, H11Protocol):
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._headers_in()
+
+
+def _httptools_protocol() -> type | None:
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # httptools not installed: uvicorn uses h11 too
+        return None
+
+    class HttpToolsHeaderDeadline(_HeaderDeadline, HttpToolsProtocol):
+        def on_headers_complete(self) -> None:
+            self._headers_in()
+            super().on_headers_complete()
+
+    return HttpToolsHeaderDeadline
 
 
 def uvicorn_options(limits: Any) -> dict[str, Any]:
     """``uvicorn.run``/``uvicorn.Config`` options for a config's ``limits`` (LimitsConfig)."""
-    protocol = type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout": limits.header_timeout_s})
+    base = _httptools_protocol() or H11HeaderDeadline  # httptools when installed, as uvicorn's "auto"
+    protocol = type(base.__name__, (base,), {"header_timeout": limits.header_timeout_s})
     return {"http": protocol, "timeout_keep_alive": limits.keep_alive_s}
 
 
