@@ -13,6 +13,7 @@ from typing import Any
 
 from cai.models.base import PermanentModelError
 from cai.models.openai_compat import RemoteChatModel
+from cai.redact import register_secret
 
 
 def _litellm() -> Any:
@@ -44,6 +45,7 @@ class LiteLLMChatModel(RemoteChatModel):
         self._litellm = _litellm()
         self.api_base = base_url or api_base
         self._api_key = api_key
+        register_secret(api_key)
         self.extra = extra or {}
 
     async def _create(self, kwargs: dict[str, Any]) -> Any:
