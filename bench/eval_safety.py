@@ -26,7 +26,7 @@ from rich.table import Table  # noqa: E402
 
 from cai.models import load_model  # noqa: E402
 from cai.models.base import GenParams  # noqa: E402
-from judges.safety import evaluate_safety, read_eval_prompts  # noqa: E402
+from judges.safety import SHIPPED_PROMPTS, evaluate_safety, read_eval_prompts  # noqa: E402
 from judges.subject import Subject  # noqa: E402
 
 
@@ -37,9 +37,8 @@ async def main(args: argparse.Namespace) -> None:
     subjects = [Subject(args.model), Subject(args.model, "harmless", "always", args.revisions)]
     reports = []
     for subject in subjects:
-        reports.append(await evaluate_safety(prompts, subject, args.judge, model=model, params=params,
+        reports.append(await evaluate_safety(prompts, subject, args.judge, data=str(SHIPPED_PROMPTS), model=model, params=params,
                                              concurrency=args.concurrency, progress=False))
-        await asyncio.sleep(0)
     await model.aclose()
     console = Console()
     for report in reports:
