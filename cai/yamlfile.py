@@ -73,7 +73,7 @@ class YamlFile:
     (``.data``). Problems are raised as ``error`` (an InputFileError subclass)."""
 
     def __init__(self, file: str, text: str | bytes, error: type[InputFileError] = InputFileError,
-                 expect: str = "a mapping", allow_empty: bool = False):
+                 expect: str = "a mapping", allow_empty: bool = False, any_value: bool = False):
         self.file, self.exc_type = file, error
         if isinstance(text, bytes):
             try:
@@ -102,6 +102,9 @@ class YamlFile:
             raise self.exc_type([Problem(file, line, "yaml", f"unacceptable character: {exc.reason}")]) from None
         except yaml.YAMLError as exc:
             raise self.exc_type([Problem(file, None, "yaml", str(exc))]) from None
+        if any_value:
+            self.data = self.data if self.root is not None else None
+            return
         if self.root is None:
             if allow_empty:
                 self.data = {}
@@ -109,6 +112,15 @@ class YamlFile:
             self.error((), f"file is empty; expected {expect}")
         if not isinstance(self.data, dict):
             self.error((), f"expected a mapping at the top level, got {type(self.data).__name__}")
+
+    @classmethod
+    def value(cls, where: str, text: str, error: type[InputFileError] = InputFileError) -> Any:
+        """One YAML value from a flag or an environment variable (``--set lr=1e-5``), under the
+        same bounds as a file; ``where`` names the flag or variable in errors."""
+        try:
+            return cls(where, text, error, any_value=True).data
+        except InputFileError as exc:  # a one-line value: its line number says nothing
+            raise error([Problem(p.file, None, p.field, p.message) for p in exc.problems]) from None
 
     def _check_shape(self, root: yaml.Node, limit: int) -> None:
         """Depth and alias-expanded size, visiting each node once (iteratively: no recursion)."""

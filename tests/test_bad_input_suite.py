@@ -65,6 +65,7 @@ class Case:
     name: str
     args: list[str]
     must_name: str  # the file, or the flag
+    env: dict[str, str] | None = None
 
 
 def _yaml_cases(tmp: Path, kind: str, top: str, key: str, command: Callable[[Path], list[str]]) -> list[Case]:
@@ -144,6 +145,10 @@ def build_cases(tmp: Path) -> list[Case]:
         cases.append(Case(f"flag/serve{flag}={value}", ["serve", "--no-auth", flag, value], flag.lstrip("-").replace("-", "_")
                           if flag in ("--max-concurrency", "--timeout") else flag.lstrip("-")))
     cases.append(Case("flag/train--set", ["train", "sft", str(sft_data), "--set", "learning_rate=fast"], "--set"))
+    cases.append(Case("flag/train--set-syntax", ["train", "sft", str(sft_data), "--set", "x=["], "--set x"))
+    bomb = "[" + ", ".join(f"&a{i} [" + ", ".join([f"*a{i - 1}" if i else "1"] * 9) + "]" for i in range(9)) + "]"
+    cases.append(Case("flag/train--set-bomb", ["train", "sft", str(sft_data), "--set", f"x={bomb}"], "--set x"))
+    cases.append(Case("env/CAI_SERVE_PORT", ["serve", "--no-auth"], "CAI_SERVE_PORT", {"CAI_SERVE_PORT": "["}))
     return cases
 
 
@@ -160,7 +165,7 @@ def test_bad_inputs_get_located_messages_never_tracebacks(tmp_path, capsys):
     runner = CliRunner()
     for case in cases:
         start = time.monotonic()
-        result = runner.invoke(app, case.args)
+        result = runner.invoke(app, case.args, env=case.env)
         if time.monotonic() - start > 30:  # an alias bomb used to take minutes (importing TRL takes ~10 s)
             unlocated.append(f"{case.name}: took {time.monotonic() - start:.0f} s")
         text = result.output

@@ -31,14 +31,14 @@ def _fail(message: str) -> None:
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
     """``--set key=value`` (value parsed as YAML) -> TRL config args."""
-    import yaml
+    from cai.yamlfile import YamlFile
 
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             _fail(f"--set {pair!r}: expected KEY=VALUE with KEY a field of the trainer's TRL config")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = YamlFile.value(f"--set {key.strip()}", value)
     return out
 
 

@@ -136,11 +136,7 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
     for name, raw in (os.environ if environ is None else environ).items():
         if name.startswith(ENV_PREFIX):
             path = name[len(ENV_PREFIX):].lower().split("__")
-            try:
-                value = yaml.safe_load(raw) if raw else raw
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"environment variable {name}: not a YAML value ({exc})") from None
-            _set_path(out, path, value)
+            _set_path(out, path, YamlFile.value(f"environment variable {name}", raw, ConfigError) if raw else raw)
     return out
 
 
