@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import pytest
 from typer.testing import CliRunner
 
 from cai.cli import app
