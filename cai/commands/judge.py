@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 
 import typer
 
-eval_app = typer.Typer(help="Evaluate judges.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate judges (judge) and models (safety, winrate).", no_args_is_help=True)
 
 JUDGE_HELP = "Judge spec: pairwise:MODEL, pointwise:MODEL, violation:MODEL, rm:PATH, rules:refusal, ..."
 
