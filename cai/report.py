@@ -113,13 +113,13 @@ def plot_dropped(stats: dict[str, Any]) -> str:
     if stats["revisions"]["truncated_kept"]:
         reasons["revision kept, truncated"] = stats["revisions"]["truncated_kept"]
     if not reasons:
-        return _empty("dropped", "Dropped, by reason", "nothing was dropped")
+        return _empty("dropped", "Dropped or flagged, by reason", "nothing was dropped")
     fig, ax = _figure(height=max(1.6, 0.22 * len(reasons) + 0.8))
     items = sorted(reasons.items(), key=lambda kv: kv[1])
     bars = ax.barh([k for k, _ in items], [v for _, v in items], color=COLORS["dropped"])
     ax.bar_label(bars, padding=2)
     ax.set_xlabel("count")
-    return _svg(fig, "dropped", "Dropped, by reason")
+    return _svg(fig, "dropped", "Dropped or flagged, by reason")
 
 
 def plot_lengths(stats: dict[str, Any]) -> str:
@@ -267,11 +267,14 @@ def _source(path: Path) -> dict[str, Any]:
 
 def _headline(stats: dict[str, Any]) -> str:
     f = stats["funnel"]
-    dropped = {**stats["revisions"]["dropped"], **{f"judge: {k}": v for k, v in stats["pairs_not_kept"].items()}}
-    why = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1])) or "none"
+    def listed(counts: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
+
     failed = sum(stats["failed"].values())
+    judged = f' Pairs left out by the judge: {html.escape(listed(stats["pairs_not_kept"]))}.' if stats["judge"] else ""
     return (f'<p class="headline"><b class="kept">{f["pairs"]} preference pairs kept</b> of {f["prompts"]} prompts '
-            f'({f["answered"]} SFT rows, {failed} samples failed). Revisions dropped: {html.escape(why)}.</p>')
+            f'({f["answered"]} SFT rows, {failed} samples failed). Revisions dropped: '
+            f'{html.escape(listed(stats["revisions"]["dropped"]))}.{judged}</p>')
 
 
 def _figures_table(stats: dict[str, Any]) -> str:
