@@ -55,7 +55,7 @@ def test_serve_embedded_model(embedded_model):
         assert r.status_code == 200, r.text
         (reward,) = r.json()["rewards"]
         # a violation judge: reward = -p(violation)
-        assert -1.0 <= reward <= 0.0 and r.json()["scores"][0]["status"] == "ok"
+        assert -1.0 <= reward <= 0.0 and r.json()["scores"] == [reward] and r.json()["details"][0]["status"] == "ok"
 
 
 @pytest.mark.vllm
