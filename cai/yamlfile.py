@@ -49,9 +49,10 @@ class Problem:
 class InputFileError(ValueError):
     """One or more problems in an input file, each naming file, line and field."""
 
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+    def __init__(self, problems: list[Problem] | str):
+        """``problems``, or one message that already names its file (or flag) and line."""
+        self.problems = [] if isinstance(problems, str) else problems
+        super().__init__(problems if isinstance(problems, str) else "\n".join(str(p) for p in problems))
 
 
 def field_path(loc: Loc) -> str:

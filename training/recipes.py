@@ -47,13 +47,6 @@ SHIPPED_DIR = Path(__file__).parent / "recipes"
 class RecipeError(InputFileError):
     """A recipe that cannot be used; the message names file, line and field."""
 
-    def __init__(self, problems: list[Problem] | str):
-        if isinstance(problems, str):
-            self.problems = []
-            ValueError.__init__(self, problems)
-        else:
-            super().__init__(problems)
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cai.yamlfile import InputFileError, Problem, YamlFile
+from cai.yamlfile import InputFileError, YamlFile
 
 ENV_PREFIX = "CAI_SERVE_"
 ROUTES = ("chat", "models", "judge", "reward", "metrics")
@@ -105,13 +105,6 @@ class ServeConfig(_Strict):
 
 class ConfigError(InputFileError):
     """A serve config (file, environment or flag) that cannot be used."""
-
-    def __init__(self, problems: list[Problem] | str):
-        if isinstance(problems, str):
-            self.problems = []
-            ValueError.__init__(self, problems)
-        else:
-            super().__init__(problems)
 
 
 def _line(source: YamlFile | None, loc: tuple[str, ...]) -> int | None:
