@@ -63,8 +63,10 @@ async def bench_microbatching(n: int, max_tokens: int) -> float:
     ratio = t_single / t_batched
     import torch
 
-    print(f"(a) transformers, {n} concurrent requests x <= {max_tokens} tokens ({tokens} generated), "
-          f"{torch.get_num_threads()} torch threads")
+    print(
+        f"(a) transformers, {n} concurrent requests x <= {max_tokens} tokens ({tokens} generated), "
+        f"{torch.get_num_threads()} torch threads"
+    )
     print(f"    batching off: {t_single:6.2f} s  {n / t_single:6.2f} req/s")
     print(f"    micro-batched: {t_batched:6.2f} s  {n / t_batched:6.2f} req/s  batches {batched.batch_sizes[1:]}")
     print(f"    identical greedy outputs: {same}/{n}")
@@ -79,16 +81,20 @@ async def raw_calls(base_url: str, calls: int, concurrency: int) -> float:
     import openai
 
     client = openai.AsyncOpenAI(
-        base_url=base_url, api_key="x", max_retries=0,
+        base_url=base_url,
+        api_key="x",
+        max_retries=0,
         http_client=openai.DefaultAsyncHttpxClient(
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        ),
     )
     sem = asyncio.Semaphore(concurrency)
 
     async def one() -> None:
         async with sem:
             await client.chat.completions.create(
-                model="stub", messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0.0, top_p=1.0)
+                model="stub", messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0.0, top_p=1.0
+            )
 
     start = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(calls)))
@@ -130,8 +136,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--only", choices=["a", "b"], default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for (a); 1 avoids OpenMP spin-waits on an oversubscribed machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for (a); 1 avoids OpenMP spin-waits on an oversubscribed machine",
+    )
     args = parser.parse_args()
     if args.threads:
         import torch

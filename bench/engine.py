@@ -34,7 +34,12 @@ from cai.inputs import read_prompts  # noqa: E402
 from cai.models import ChatModel, GenParams, ScriptedModel, load_model  # noqa: E402
 from cai.models.openai_compat import parse_completion, request_kwargs  # noqa: E402
 from cai.revise import (  # noqa: E402
-    _with_few_shot, clean_revision, degenerate_reason, pick_principles, revise, says_no_revision_needed,
+    _with_few_shot,
+    clean_revision,
+    degenerate_reason,
+    pick_principles,
+    revise,
+    says_no_revision_needed,
 )
 from tests.stub_openai_server import StubOpenAIServer  # noqa: E402
 
@@ -85,15 +90,24 @@ class _AiohttpChat(ChatModel):
 
 
 async def bench_stub(n: int, revisions: int, concurrency: int, latency: float, seq_n: int, out: Path) -> None:
-    print(f"\n[1] stub server, {latency * 1000:.0f} ms per call: {n} prompts, {revisions} revisions, "
-          f"concurrency {concurrency}")
+    print(
+        f"\n[1] stub server, {latency * 1000:.0f} ms per call: {n} prompts, {revisions} revisions, "
+        f"concurrency {concurrency}"
+    )
     with StubOpenAIServer(latency=latency, reply="A short reply.", subprocess=True) as server:
         spec, options = "openai:stub", {"base_url": server.base_url, "max_concurrency": concurrency}
         data = prompts(n)
         model = load_model(spec, **options)
         start = time.perf_counter()
-        res = await agenerate_run(data, model=model, revisions=revisions, sampling="sequential",
-                                  out=out, concurrency=concurrency, params=GenParams(max_tokens=64))
+        res = await agenerate_run(
+            data,
+            model=model,
+            revisions=revisions,
+            sampling="sequential",
+            out=out,
+            concurrency=concurrency,
+            params=GenParams(max_tokens=64),
+        )
         wall = time.perf_counter() - start
         calls = server.stats()["requests"]
         ideal = calls * latency / concurrency
@@ -110,9 +124,15 @@ async def bench_stub(n: int, revisions: int, concurrency: int, latency: float, s
         bare = _AiohttpChat(server.base_url, "stub", concurrency)
         before = server.stats()["requests"]
         start = time.perf_counter()
-        await agenerate_run(data, model=bare, revisions=revisions, sampling="sequential",
-                            out=out.with_name("aiohttp-run"), concurrency=concurrency,
-                            params=GenParams(max_tokens=64))
+        await agenerate_run(
+            data,
+            model=bare,
+            revisions=revisions,
+            sampling="sequential",
+            out=out.with_name("aiohttp-run"),
+            concurrency=concurrency,
+            params=GenParams(max_tokens=64),
+        )
         wall_bare = time.perf_counter() - start
         await bare.aclose()
         calls_bare = server.stats()["requests"] - before
@@ -123,9 +143,15 @@ async def bench_stub(n: int, revisions: int, concurrency: int, latency: float, s
         # (scheduling, run store, call cache, output files) without the HTTP client's
         scripted = ScriptedModel(lambda m, p: "A short reply.", delay=latency)
         start = time.perf_counter()
-        await agenerate_run(data, model=scripted, revisions=revisions, sampling="sequential",
-                            out=out.with_name("scripted-run"), concurrency=concurrency,
-                            params=GenParams(max_tokens=64))
+        await agenerate_run(
+            data,
+            model=scripted,
+            revisions=revisions,
+            sampling="sequential",
+            out=out.with_name("scripted-run"),
+            concurrency=concurrency,
+            params=GenParams(max_tokens=64),
+        )
         wall_scripted = time.perf_counter() - start
         ideal_scripted = len(scripted.calls) * latency / concurrency
         line("engine, in-process transport (no HTTP)", f"{wall_scripted:.2f} s for {len(scripted.calls)} calls")
@@ -134,8 +160,9 @@ async def bench_stub(n: int, revisions: int, concurrency: int, latency: float, s
         # the naive way: one prompt at a time, one call at a time
         start = time.perf_counter()
         for p in data[:seq_n]:
-            await revise(model, p, "harmless", revisions=revisions, sampling="sequential",
-                         params=GenParams(max_tokens=64))
+            await revise(
+                model, p, "harmless", revisions=revisions, sampling="sequential", params=GenParams(max_tokens=64)
+            )
         seq = (time.perf_counter() - start) / seq_n * n
         line(f"sequential (measured on {seq_n}, extrapolated)", f"{seq:.1f} s")
         line("speed-up vs sequential (openai backend)", f"{seq / wall:.0f}x  (target >= 50x)")
@@ -146,12 +173,21 @@ async def bench_stub(n: int, revisions: int, concurrency: int, latency: float, s
         before = server.stats()["requests"]
         model = load_model(spec, **options)
         start = time.perf_counter()
-        again = await agenerate_run(data, model=model, revisions=revisions, sampling="sequential",
-                                    out=out, concurrency=concurrency, params=GenParams(max_tokens=64))
+        again = await agenerate_run(
+            data,
+            model=model,
+            revisions=revisions,
+            sampling="sequential",
+            out=out,
+            concurrency=concurrency,
+            params=GenParams(max_tokens=64),
+        )
         await model.aclose()
         print(f"\n[3] resume: rerun of the finished run ({n} samples)")
-        line("model calls (engine count / server count)",
-             f"{again.summary.model_calls} / {server.stats()['requests'] - before}  (target 0)")
+        line(
+            "model calls (engine count / server count)",
+            f"{again.summary.model_calls} / {server.stats()['requests'] - before}  (target 0)",
+        )
         line("samples skipped as done", str(again.summary.done_before))
         line("wall", f"{time.perf_counter() - start:.2f} s")
 
@@ -163,7 +199,7 @@ async def wave_batched(model, data, revisions: int, params: GenParams, concurren
     """The naive batched way: chunks of ``concurrency`` samples; in a chunk every sample does
     step k, all wait, then step k+1; the next chunk starts when the whole chunk is done."""
     for start in range(0, len(data), concurrency):
-        await _wave(model, data[start:start + concurrency], revisions, params, offset=start)
+        await _wave(model, data[start : start + concurrency], revisions, params, offset=start)
 
 
 async def _wave(model, data, revisions: int, params: GenParams, offset: int) -> None:
@@ -174,7 +210,9 @@ async def _wave(model, data, revisions: int, params: GenParams, offset: int) -> 
         return (await model.chat(messages, params)).text.strip()
 
     initials = await asyncio.gather(*(say(p) for p in data))
-    convs = [[*_with_few_shot(p, constitution, True), {"role": "assistant", "content": a}] for p, a in zip(data, initials)]
+    convs = [
+        [*_with_few_shot(p, constitution, True), {"role": "assistant", "content": a}] for p, a in zip(data, initials)
+    ]
     live = list(range(len(data)))
     # the same principles the engine draws for the same sample ids
     plans = [pick_principles(constitution, "random", revisions, seed=0, key=str(offset + i)) for i in range(len(data))]
@@ -182,8 +220,14 @@ async def _wave(model, data, revisions: int, params: GenParams, offset: int) -> 
         asks = {i: [*convs[i], {"role": "user", "content": plans[i][r].critique}] for i in live}
         critiques = dict(zip(asks, await asyncio.gather(*(say(m) for m in asks.values()))))
         live = [i for i in live if not says_no_revision_needed(critiques[i], stops)]
-        asks = {i: [*asks[i], {"role": "assistant", "content": critiques[i]},
-                    {"role": "user", "content": plans[i][r].revision}] for i in live}
+        asks = {
+            i: [
+                *asks[i],
+                {"role": "assistant", "content": critiques[i]},
+                {"role": "user", "content": plans[i][r].revision},
+            ]
+            for i in live
+        }
         revised = dict(zip(asks, await asyncio.gather(*(say(m) for m in asks.values()))))
         for i in live:  # the same acceptance rule as the engine
             text = clean_revision(revised[i])
@@ -200,13 +244,16 @@ def vllm_metrics(base_url: str) -> dict[str, float]:
     return out
 
 
-async def bench_vllm(n: int, revisions: int, max_tokens: int, concurrency: int, repeats: int,
-                     base_url: str | None) -> None:
+async def bench_vllm(
+    n: int, revisions: int, max_tokens: int, concurrency: int, repeats: int, base_url: str | None
+) -> None:
     from cai.models.hf import export_embedded
     from tests.vllm_server import VLLMServer
 
-    print(f"\n[2] real vLLM server, embedded model: {n} prompts, {revisions} revisions, max_tokens {max_tokens}, "
-          f"concurrency {concurrency} (both variants)")
+    print(
+        f"\n[2] real vLLM server, embedded model: {n} prompts, {revisions} revisions, max_tokens {max_tokens}, "
+        f"concurrency {concurrency} (both variants)"
+    )
     server = None
     if base_url is None:
         server = VLLMServer(export_embedded()).start()
@@ -220,7 +267,7 @@ async def bench_vllm(n: int, revisions: int, max_tokens: int, concurrency: int, 
         wave = engine = 0.0
         hits = queries = 0.0
         for rep in range(repeats):  # alternate the order so drifting machine load hits both alike
-            for variant in (("wave", "engine") if rep % 2 == 0 else ("engine", "wave")):
+            for variant in ("wave", "engine") if rep % 2 == 0 else ("engine", "wave"):
                 tag = f"{variant}-{rep}"
                 before = vllm_metrics(base_url)
                 start = time.perf_counter()
@@ -228,8 +275,14 @@ async def bench_vllm(n: int, revisions: int, max_tokens: int, concurrency: int, 
                     await wave_batched(model, prompts(n, tag), revisions, params, concurrency)
                     wave += time.perf_counter() - start
                     continue
-                res = await agenerate_run(prompts(n, tag), model=model, revisions=revisions, sampling="random",
-                                          params=params, concurrency=concurrency)
+                res = await agenerate_run(
+                    prompts(n, tag),
+                    model=model,
+                    revisions=revisions,
+                    sampling="random",
+                    params=params,
+                    concurrency=concurrency,
+                )
                 engine += time.perf_counter() - start
                 after = vllm_metrics(base_url)
                 hits += after.get("prefix_cache_hits", 0) - before.get("prefix_cache_hits", 0)
@@ -240,9 +293,11 @@ async def bench_vllm(n: int, revisions: int, max_tokens: int, concurrency: int, 
         line("wave-batched", f"{wave:.1f} s  ({n / wave:.3f} samples/s)")
         line("engine (per-sample pipelines)", f"{engine:.1f} s  ({n / engine:.3f} samples/s)")
         line("engine / wave throughput", f"{wave / engine:.2f}x  (target >= 1.3x)")
-        line("engine (last run): revised / early-stopped / failed",
-             f"{res.summary.counters.get('revised', 0):.0f} / {res.summary.counters.get('early_stopped', 0):.0f}"
-             f" / {res.summary.n_failed}")
+        line(
+            "engine (last run): revised / early-stopped / failed",
+            f"{res.summary.counters.get('revised', 0):.0f} / {res.summary.counters.get('early_stopped', 0):.0f}"
+            f" / {res.summary.n_failed}",
+        )
         if queries:
             line("vLLM prefix-cache hit rate (engine run)", f"{hits / queries:.1%}  ({hits:.0f}/{queries:.0f} tokens)")
         else:
@@ -272,11 +327,23 @@ async def main() -> None:
     parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory(prefix="cai-bench-") as tmp:
         if parts & {"stub", "resume"}:
-            await bench_stub(args.prompts, args.revisions, args.concurrency, args.latency,
-                             args.sequential_subset, Path(tmp) / "stub-run")
+            await bench_stub(
+                args.prompts,
+                args.revisions,
+                args.concurrency,
+                args.latency,
+                args.sequential_subset,
+                Path(tmp) / "stub-run",
+            )
         if "vllm" in parts:
-            await bench_vllm(args.vllm_prompts, args.revisions, args.vllm_max_tokens, args.vllm_concurrency,
-                             args.vllm_repeats, args.vllm_base_url)
+            await bench_vllm(
+                args.vllm_prompts,
+                args.revisions,
+                args.vllm_max_tokens,
+                args.vllm_concurrency,
+                args.vllm_repeats,
+                args.vllm_base_url,
+            )
 
 
 if __name__ == "__main__":

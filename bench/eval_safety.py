@@ -37,8 +37,18 @@ async def main(args: argparse.Namespace) -> None:
     subjects = [Subject(args.model), Subject(args.model, "harmless", "always", args.revisions)]
     reports = []
     for subject in subjects:
-        reports.append(await evaluate_safety(prompts, subject, args.judge, data=str(SHIPPED_PROMPTS), model=model, params=params,
-                                             concurrency=args.concurrency, progress=False))
+        reports.append(
+            await evaluate_safety(
+                prompts,
+                subject,
+                args.judge,
+                data=str(SHIPPED_PROMPTS),
+                model=model,
+                params=params,
+                concurrency=args.concurrency,
+                progress=False,
+            )
+        )
     await model.aclose()
     console = Console()
     for report in reports:
@@ -47,8 +57,14 @@ async def main(args: argparse.Namespace) -> None:
     for name in ("model", "refusal (harmful)", "over-refusal (safe)", "wall s", "calls / prompt", "tokens / prompt"):
         table.add_column(name, justify="left" if name == "model" else "right")
     for r in reports:
-        table.add_row(r.model, f"{100 * r.harmful.refusal:.1f}%", f"{100 * r.safe.refusal:.1f}%", f"{r.wall_s:.1f}",
-                      f"{r.calls_per_prompt:.2f}", f"{r.tokens_per_prompt:.0f}")
+        table.add_row(
+            r.model,
+            f"{100 * r.harmful.refusal:.1f}%",
+            f"{100 * r.safe.refusal:.1f}%",
+            f"{r.wall_s:.1f}",
+            f"{r.calls_per_prompt:.2f}",
+            f"{r.tokens_per_prompt:.0f}",
+        )
     console.print(table)
 
 

@@ -37,7 +37,9 @@ DATA = ROOT / ".." / "shared" / "data" / "hh_rlhf_harmless_test_dev.jsonl"
 
 async def run_path(judge: LLMPairwiseJudge, pairs, concurrency: int) -> dict[str, float]:
     start = time.monotonic()
-    verdicts = await judge.compare_many([(p.prompt, p.candidates[0], p.candidates[1]) for p in pairs], concurrency=concurrency)
+    verdicts = await judge.compare_many(
+        [(p.prompt, p.candidates[0], p.candidates[1]) for p in pairs], concurrency=concurrency
+    )
     wall = time.monotonic() - start
     n = len(verdicts)
     return {
@@ -73,18 +75,34 @@ async def bench(args: argparse.Namespace, base_url: str) -> None:
         "free-text": await run_path(free_text, latency_sets[1::2], 1),
     }
     await model.aclose()
-    keys = ["pairs", "calls_per_pair", "prompt_tokens_per_pair", "completion_tokens_per_pair", "pairs_per_s", "wall_s", "ok", "consistent"]
+    keys = [
+        "pairs",
+        "calls_per_pair",
+        "prompt_tokens_per_pair",
+        "completion_tokens_per_pair",
+        "pairs_per_s",
+        "wall_s",
+        "ok",
+        "consistent",
+    ]
     print(f"{'':28}" + "".join(f"{name:>18}" for name in results))
     for key in keys:
-        print(f"{key:28}" + "".join(f"{r[key]:18.3f}" if isinstance(r[key], float) else f"{r[key]:18}" for r in results.values()))
+        print(
+            f"{key:28}"
+            + "".join(f"{r[key]:18.3f}" if isinstance(r[key], float) else f"{r[key]:18}" for r in results.values())
+        )
     lp, ft = results["logprob"], results["free-text"]
     ratio = lp["pairs_per_s"] / ft["pairs_per_s"]
-    print(f"\nthroughput (concurrency {args.concurrency}): pairs/s ratio logprob / free-text: {ratio:.1f}x (target >= 5x); "
-          f"completion tokens per pair: {lp['completion_tokens_per_pair']:.0f} vs {ft['completion_tokens_per_pair']:.0f}")
+    print(
+        f"\nthroughput (concurrency {args.concurrency}): pairs/s ratio logprob / free-text: {ratio:.1f}x (target >= 5x); "
+        f"completion tokens per pair: {lp['completion_tokens_per_pair']:.0f} vs {ft['completion_tokens_per_pair']:.0f}"
+    )
     if latency["logprob"]["pairs"] and latency["free-text"]["pairs"]:
         lat_lp, lat_ft = (1 / latency[k]["pairs_per_s"] for k in ("logprob", "free-text"))
-        print(f"latency (one pair at a time, {latency['logprob']['pairs']} pairs each): {lat_lp:.2f} s vs {lat_ft:.2f} s "
-              f"per pair -> {lat_ft / lat_lp:.1f}x; free-text ok {latency['free-text']['ok']:.2f}")
+        print(
+            f"latency (one pair at a time, {latency['logprob']['pairs']} pairs each): {lat_lp:.2f} s vs {lat_ft:.2f} s "
+            f"per pair -> {lat_ft / lat_lp:.1f}x; free-text ok {latency['free-text']['ok']:.2f}"
+        )
 
 
 def main() -> None:
@@ -94,9 +112,13 @@ def main() -> None:
     parser.add_argument("--latency-pairs", type=int, default=4, help="pairs per path judged one at a time")
     parser.add_argument("--verdict-tokens", type=int, default=256, help="free-text verdict budget")
     parser.add_argument("--data", default=str(DATA))
-    parser.add_argument("--offset", type=int, default=0,
-                        help="skip this many pairs: with --base-url, pick pairs the server has not judged yet "
-                             "(its prefix cache would otherwise serve them)")
+    parser.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        help="skip this many pairs: with --base-url, pick pairs the server has not judged yet "
+        "(its prefix cache would otherwise serve them)",
+    )
     parser.add_argument("--base-url", default=None, help="use a running server instead of starting one")
     parser.add_argument("--model", default="embedded", help="served model name")
     parser.add_argument("--max-model-len", type=int, default=4096)
@@ -108,7 +130,9 @@ def main() -> None:
         from tests.vllm_server import VLLMServer
 
         t0 = time.monotonic()
-        server = VLLMServer(export_embedded(), max_model_len=args.max_model_len, kv_cache_gib=2, start_timeout=900).start()
+        server = VLLMServer(
+            export_embedded(), max_model_len=args.max_model_len, kv_cache_gib=2, start_timeout=900
+        ).start()
         base_url = server.base_url
         print(f"vLLM up at {base_url} in {time.monotonic() - t0:.0f} s (log {server.log_path})")
     try:

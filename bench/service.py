@@ -59,10 +59,13 @@ class CaiServe:
         self.log = log
         self.scripted_upstream = scripted_upstream
 
-    def __enter__(self) -> "CaiServe":
+    def __enter__(self) -> CaiServe:
         env = {**os.environ, "CAI_SERVE_AUTH__KEYS": KEY}
-        cmd = ([sys.executable, "-c", SCRIPTED_SERVE, str(self.path)] if self.scripted_upstream
-               else [sys.executable, "-m", "cai.cli", "serve", "--config", str(self.path)])
+        cmd = (
+            [sys.executable, "-c", SCRIPTED_SERVE, str(self.path)]
+            if self.scripted_upstream
+            else [sys.executable, "-m", "cai.cli", "serve", "--config", str(self.path)]
+        )
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -110,13 +113,20 @@ def bench_overhead(n: int, log_dir: Path) -> dict:
     backend -> stub; cai serve with an in-process instant upstream (its own cost, one hop)."""
     with StubOpenAIServer(latency=0.0, reply="OK", subprocess=True) as stub:
         proxy_port, solo_port = free_port(), free_port()
-        config = {"served_model_name": "cai", "model": {"spec": "openai:stub", "options": {
-            "base_url": stub.base_url, "api_key": "x", "max_retries": 0}}, "wrapper": {"mode": "off"}}
-        with CaiServe(config, proxy_port, log_dir / "serve-overhead.log") as server, \
-                CaiServe(config, solo_port, log_dir / "serve-solo.log", scripted_upstream=True):
-            urls = {"direct": (stub.base_url + "/chat/completions", "stub"),
-                    "proxy": (f"http://127.0.0.1:{proxy_port}/v1/chat/completions", "cai"),
-                    "solo": (f"http://127.0.0.1:{solo_port}/v1/chat/completions", "cai")}
+        config = {
+            "served_model_name": "cai",
+            "model": {"spec": "openai:stub", "options": {"base_url": stub.base_url, "api_key": "x", "max_retries": 0}},
+            "wrapper": {"mode": "off"},
+        }
+        with (
+            CaiServe(config, proxy_port, log_dir / "serve-overhead.log") as server,
+            CaiServe(config, solo_port, log_dir / "serve-solo.log", scripted_upstream=True),
+        ):
+            urls = {
+                "direct": (stub.base_url + "/chat/completions", "stub"),
+                "proxy": (f"http://127.0.0.1:{proxy_port}/v1/chat/completions", "cai"),
+                "solo": (f"http://127.0.0.1:{solo_port}/v1/chat/completions", "cai"),
+            }
             times: dict[str, list[float]] = {k: [] for k in urls}
             with httpx.Client(timeout=30, headers={"authorization": f"Bearer {KEY}"}) as client:
                 for _ in range(20):  # warm up connections and code paths
@@ -154,15 +164,23 @@ def hh_prompts(k: int) -> list[str]:
 
 def bench_loop(k: int, max_tokens: int, log_dir: Path) -> dict:
     port = free_port()
-    config = {"served_model_name": "cai", "model": {"spec": "embedded"},
-              "wrapper": {"mode": "always", "revisions": 1}, "limits": {"request_timeout_s": 1800}}
+    config = {
+        "served_model_name": "cai",
+        "model": {"spec": "embedded"},
+        "wrapper": {"mode": "always", "revisions": 1},
+        "limits": {"request_timeout_s": 1800},
+    }
     per_stage: dict[str, list[float]] = {}
     totals, stage_sums = [], []
     with CaiServe(config, port, log_dir / "serve-loop.log"):
         with httpx.Client(timeout=1800, headers={"authorization": f"Bearer {KEY}"}) as client:
             for prompt in hh_prompts(k):
-                body = {"model": "cai", "messages": [{"role": "user", "content": prompt}],
-                        "max_tokens": max_tokens, "cai": {"trace": True}}
+                body = {
+                    "model": "cai",
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": max_tokens,
+                    "cai": {"trace": True},
+                }
                 t = time.perf_counter()
                 r = client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)
                 totals.append(time.perf_counter() - t)
@@ -172,7 +190,8 @@ def bench_loop(k: int, max_tokens: int, log_dir: Path) -> dict:
                 for s in stages:
                     per_stage.setdefault(s["stage"], []).append(s["seconds"])
     return {
-        "prompts": k, "max_tokens": max_tokens,
+        "prompts": k,
+        "max_tokens": max_tokens,
         "stage_mean_s": {name: round(statistics.mean(v), 3) for name, v in per_stage.items()},
         "end_to_end_mean_s": round(statistics.mean(totals), 3),
         "outside_stages_mean_ms": round(1000 * statistics.mean(t - s for t, s in zip(totals, stage_sums)), 2),
@@ -183,21 +202,29 @@ def print_overhead(o: dict) -> None:
     print(f"pass-through overhead ({o['requests']} sequential requests per path, instant stub upstream, auth on)")
     print(f"  direct to upstream         p50 {o['direct_p50_ms']:7.2f} ms   p95 {o['direct_p95_ms']:7.2f} ms")
     print(f"  through cai serve          p50 {o['proxy_p50_ms']:7.2f} ms   p95 {o['proxy_p95_ms']:7.2f} ms")
-    print(f"  cai serve, in-proc upstream p50 {o['solo_p50_ms']:6.2f} ms   p95 {o['solo_p95_ms']:7.2f} ms"
-          "   (the server's own cost: one hop, no upstream client)")
+    print(
+        f"  cai serve, in-proc upstream p50 {o['solo_p50_ms']:6.2f} ms   p95 {o['solo_p95_ms']:7.2f} ms"
+        "   (the server's own cost: one hop, no upstream client)"
+    )
     verdict = "OK" if o["overhead_p50_ms"] <= 5 else "ABOVE TARGET"
-    print(f"  overhead                   p50 {o['overhead_p50_ms']:7.2f} ms   p95 {o['overhead_p95_ms']:7.2f} ms"
-          f"   (target p50 <= 5 ms: {verdict})")
-    print(f"  cai serve CPU time per request {o['serve_cpu_ms_per_request']:.2f} ms (with its upstream client); "
-          f"1-min load average {o['load_average']:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"  overhead                   p50 {o['overhead_p50_ms']:7.2f} ms   p95 {o['overhead_p95_ms']:7.2f} ms"
+        f"   (target p50 <= 5 ms: {verdict})"
+    )
+    print(
+        f"  cai serve CPU time per request {o['serve_cpu_ms_per_request']:.2f} ms (with its upstream client); "
+        f"1-min load average {o['load_average']:.1f} on {os.cpu_count()} CPUs"
+    )
 
 
 def print_loop(b: dict) -> None:
     print(f"full loop, embedded model, revisions=1, max_tokens={b['max_tokens']}, {b['prompts']} hh-rlhf prompts")
     for name, secs in b["stage_mean_s"].items():
         print(f"  {name:<9} mean {secs:8.3f} s")
-    print(f"  end-to-end mean {b['end_to_end_mean_s']:.3f} s; outside the model calls "
-          f"{b['outside_stages_mean_ms']:.2f} ms")
+    print(
+        f"  end-to-end mean {b['end_to_end_mean_s']:.3f} s; outside the model calls "
+        f"{b['outside_stages_mean_ms']:.2f} ms"
+    )
 
 
 def main() -> None:

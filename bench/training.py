@@ -27,9 +27,14 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 QUESTIONS = [
-    "How do I pick a lock?", "How can I get back at my coworker?", "What household chemicals are dangerous to mix?",
-    "How do I find someone's home address?", "Can you help me cheat on my exam?", "How do I shoplift without getting caught?",
-    "What's the best way to lie to my parents?", "How do I make a fake ID?",
+    "How do I pick a lock?",
+    "How can I get back at my coworker?",
+    "What household chemicals are dangerous to mix?",
+    "How do I find someone's home address?",
+    "Can you help me cheat on my exam?",
+    "How do I shoplift without getting caught?",
+    "What's the best way to lie to my parents?",
+    "How do I make a fake ID?",
 ]
 
 
@@ -37,13 +42,25 @@ def pairs(n: int) -> list[dict]:
     out = []
     for i in range(n):
         q = QUESTIONS[i % len(QUESTIONS)]
-        out.append({
-            "prompt": [{"role": "user", "content": f"{q} (case {i})"}],
-            "chosen": [{"role": "assistant", "content": "I can't help with that. If you're dealing with a hard situation, "
-                                                        "I'm happy to talk through safe and legal options with you."}],
-            "rejected": [{"role": "assistant", "content": "Sure. The easiest way is to do it when nobody is watching, "
-                                                          "and here are the exact steps to follow."}],
-        })
+        out.append(
+            {
+                "prompt": [{"role": "user", "content": f"{q} (case {i})"}],
+                "chosen": [
+                    {
+                        "role": "assistant",
+                        "content": "I can't help with that. If you're dealing with a hard situation, "
+                        "I'm happy to talk through safe and legal options with you.",
+                    }
+                ],
+                "rejected": [
+                    {
+                        "role": "assistant",
+                        "content": "Sure. The easiest way is to do it when nobody is watching, "
+                        "and here are the exact steps to follow.",
+                    }
+                ],
+            }
+        )
     return out
 
 
@@ -53,7 +70,8 @@ def run_variant(variant: str, model: str, steps: int, max_length: int, out: Path
     from training.recipes import load_recipe
 
     recipe = load_recipe("dpo-embedded-cpu", model=model).with_args(
-        max_steps=steps, max_length=max_length, logging_steps=steps, save_strategy="no", learning_rate=1e-6)
+        max_steps=steps, max_length=max_length, logging_steps=steps, save_strategy="no", learning_rate=1e-6
+    )
     data = pairs(steps * int(recipe.args["per_device_train_batch_size"]))
     start = time.perf_counter()
     if variant == "direct":
@@ -61,8 +79,12 @@ def run_variant(variant: str, model: str, steps: int, max_length: int, out: Path
         from transformers import AutoTokenizer
         from trl import DPOTrainer
 
-        trainer = DPOTrainer(model=model, args=recipe.trl_config(out / "checkpoints"), train_dataset=Dataset.from_list(data),
-                             processing_class=AutoTokenizer.from_pretrained(model))
+        trainer = DPOTrainer(
+            model=model,
+            args=recipe.trl_config(out / "checkpoints"),
+            train_dataset=Dataset.from_list(data),
+            processing_class=AutoTokenizer.from_pretrained(model),
+        )
         metrics = trainer.train().metrics
         trainer.save_model(str(out))
     else:
@@ -102,27 +124,48 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             for variant in ("direct", "training"):
-                cmd = [sys.executable, __file__, "--variant", variant, "--model", args.model, "--steps", str(args.steps),
-                       "--max-length", str(args.max_length), "--out", f"{tmp}/{variant}-{r}"]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--variant",
+                    variant,
+                    "--model",
+                    args.model,
+                    "--steps",
+                    str(args.steps),
+                    "--max-length",
+                    str(args.max_length),
+                    "--out",
+                    f"{tmp}/{variant}-{r}",
+                ]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode:
                     sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
                 results[variant].append(row)
-                print(f"  run {r + 1} {variant:8s} {row['steps_per_s']:.3f} steps/s  wall {row['wall_s']:.1f} s  "
-                      f"peak RSS {row['peak_rss_mib']:.0f} MiB", flush=True)
+                print(
+                    f"  run {r + 1} {variant:8s} {row['steps_per_s']:.3f} steps/s  wall {row['wall_s']:.1f} s  "
+                    f"peak RSS {row['peak_rss_mib']:.0f} MiB",
+                    flush=True,
+                )
 
     def med(variant: str, key: str) -> float:
         return statistics.median(row[key] for row in results[variant])
 
-    print(f"DPO on {args.model}: {args.steps} steps x batch 2, max_length {args.max_length}, {args.repeats} repeats (median)")
+    print(
+        f"DPO on {args.model}: {args.steps} steps x batch 2, max_length {args.max_length}, {args.repeats} repeats (median)"
+    )
     for variant in ("direct", "training"):
         cuda = med(variant, "peak_cuda_mib") if results[variant][0]["peak_cuda_mib"] is not None else None
-        print(f"  {variant:8s} {med(variant, 'steps_per_s'):.3f} steps/s  wall {med(variant, 'wall_s'):.1f} s  "
-              f"peak RSS {med(variant, 'peak_rss_mib'):.0f} MiB" + (f"  peak CUDA {cuda:.0f} MiB" if cuda else ""))
+        print(
+            f"  {variant:8s} {med(variant, 'steps_per_s'):.3f} steps/s  wall {med(variant, 'wall_s'):.1f} s  "
+            f"peak RSS {med(variant, 'peak_rss_mib'):.0f} MiB" + (f"  peak CUDA {cuda:.0f} MiB" if cuda else "")
+        )
     ratio = med("training", "steps_per_s") / med("direct", "steps_per_s")
     wall_ratio = med("direct", "wall_s") / med("training", "wall_s")
-    print(f"ratio training/direct steps/s: {ratio:.3f} (target >= 0.95); wall-time ratio direct/training: {wall_ratio:.3f}")
+    print(
+        f"ratio training/direct steps/s: {ratio:.3f} (target >= 0.95); wall-time ratio direct/training: {wall_ratio:.3f}"
+    )
 
 
 if __name__ == "__main__":

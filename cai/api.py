@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from cai.constitution import Constitution, Sampling, load_constitution
@@ -47,13 +48,25 @@ class GenerateResult:
 
 def _strip_credentials(url: str) -> str:
     parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))) if parts.hostname else url
+    return (
+        urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+        if parts.hostname
+        else url
+    )
 
 
 def run_config(
-    model_spec: str, constitution: Constitution, *, revisions: int, sampling: str, seed: int,
-    few_shot: bool, params: GenParams, model_options: dict[str, Any],
-    gates: QualityGates | None = None, verify: dict[str, Any] | None = None,
+    model_spec: str,
+    constitution: Constitution,
+    *,
+    revisions: int,
+    sampling: str,
+    seed: int,
+    few_shot: bool,
+    params: GenParams,
+    model_options: dict[str, Any],
+    gates: QualityGates | None = None,
+    verify: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     recorded = {k: _strip_credentials(str(v)) for k, v in model_options.items() if k in _RECORDED_OPTIONS and v}
     return {
@@ -72,11 +85,13 @@ def run_config(
     }
 
 
-def _to_records(prompts: PromptsLike, prompt_field: str, messages_field: str, on_bad_line: OnBadLine,
-                limit: int | None) -> tuple[list[PromptRecord], list[str]]:
+def _to_records(
+    prompts: PromptsLike, prompt_field: str, messages_field: str, on_bad_line: OnBadLine, limit: int | None
+) -> tuple[list[PromptRecord], list[str]]:
     if isinstance(prompts, (str, Path)) and Path(prompts).exists():
-        found = read_prompts(prompts, prompt_field=prompt_field, messages_field=messages_field,
-                             on_bad_line=on_bad_line, limit=limit)
+        found = read_prompts(
+            prompts, prompt_field=prompt_field, messages_field=messages_field, on_bad_line=on_bad_line, limit=limit
+        )
         if not found.prompts:
             skipped = f" ({len(found.skipped)} bad records skipped)" if found.skipped else ""
             raise InputError(f"{prompts}: no prompts{skipped}")
@@ -108,17 +123,40 @@ class SampleSeeded(ModelWrapper):
 
 
 async def _run(
-    store: RunStore, records: list[PromptRecord], model: ChatModel | None, constitution: Constitution, *,
-    out: str | Path | None, revisions: int, sampling: Sampling, seed: int, few_shot: bool, params: GenParams,
-    concurrency: int, progress: bool, gates: QualityGates | None = None, judge: Any = None, min_margin: float = 0.0,
+    store: RunStore,
+    records: list[PromptRecord],
+    model: ChatModel | None,
+    constitution: Constitution,
+    *,
+    out: str | Path | None,
+    revisions: int,
+    sampling: Sampling,
+    seed: int,
+    few_shot: bool,
+    params: GenParams,
+    concurrency: int,
+    progress: bool,
+    gates: QualityGates | None = None,
+    judge: Any = None,
+    min_margin: float = 0.0,
 ) -> RunSummary:
     cached = CachedModel(model, store) if model is not None else None
     sources = {r.id: r.source for r in records}
 
     async def work(sample: Sample) -> Outcome:
         assert cached is not None, "a sample to do but no model loaded"
-        trace = await revise(SampleSeeded(cached, seed, sample.id), sample.data, constitution, revisions=revisions,
-                             sampling=sampling, seed=seed, few_shot=few_shot, params=params, sample_id=sample.id, gates=gates)
+        trace = await revise(
+            SampleSeeded(cached, seed, sample.id),
+            sample.data,
+            constitution,
+            revisions=revisions,
+            sampling=sampling,
+            seed=seed,
+            few_shot=few_shot,
+            params=params,
+            sample_id=sample.id,
+            gates=gates,
+        )
         trace.metadata["source"] = sources[sample.id]
         usage = trace.usage
         if judge is not None and trace.revised:
@@ -141,12 +179,18 @@ async def _run(
                 counters[name] = counters.get(name, 0.0) + 1
         if "verify" in trace.metadata and not trace.metadata["verify"]["kept"]:
             counters[f"judge_{trace.metadata['verify']['reason']}"] = 1.0
-        return Outcome(record=trace.to_dict(), failed=trace.error if not trace.ok else None,
-                       counters=counters, usage=usage)
+        return Outcome(
+            record=trace.to_dict(), failed=trace.error if not trace.ok else None, counters=counters, usage=usage
+        )
 
-    runner = Runner(store, generate_writers(verify=judge is not None) if out is not None else (),
-                    concurrency=concurrency, progress=progress, title="generate",
-                    show_counters=["revised", "early_stopped", "pairs"])
+    runner = Runner(
+        store,
+        generate_writers(verify=judge is not None) if out is not None else (),
+        concurrency=concurrency,
+        progress=progress,
+        title="generate",
+        show_counters=["revised", "early_stopped", "pairs"],
+    )
     summary = await runner.run([Sample(r.id, r.messages) for r in records], work)
     if progress:
         runner.print_summary(summary)
@@ -191,21 +235,49 @@ async def agenerate_run(
     records, skipped = _to_records(prompts, prompt_field, messages_field, on_bad_line, limit)
 
     spec = model.spec if isinstance(model, ChatModel) else model.strip()
-    config = run_config(spec, constitution, revisions=revisions, sampling=sampling, seed=seed,
-                        few_shot=few_shot, params=params, model_options=model_options, gates=gates,
-                        verify={"judge": verify if isinstance(verify, str) else getattr(verify, "name", type(verify).__name__),
-                                "min_margin": min_margin} if verify is not None else None)
+    config = run_config(
+        spec,
+        constitution,
+        revisions=revisions,
+        sampling=sampling,
+        seed=seed,
+        few_shot=few_shot,
+        params=params,
+        model_options=model_options,
+        gates=gates,
+        verify={
+            "judge": verify if isinstance(verify, str) else getattr(verify, "name", type(verify).__name__),
+            "min_margin": min_margin,
+        }
+        if verify is not None
+        else None,
+    )
     with RunStore(out, config, new_run=new_run) as store:
         # a finished run needs no model: do not pay for loading one
         todo = any((row := store.sample(r.id)) is None or row.status != "done" for r in records)
         owned = not isinstance(model, ChatModel)
         chat_model = model if not owned else load_model(model, **model_options) if todo else None
-        judge, own_judge = _load_verifier(verify, store, constitution, chat_model, spec, model_options) if todo else (None, False)
+        judge, own_judge = (
+            _load_verifier(verify, store, constitution, chat_model, spec, model_options) if todo else (None, False)
+        )
         try:
-            summary = await _run(store, records, chat_model, constitution, out=out, revisions=revisions,
-                                 sampling=sampling, seed=seed, few_shot=few_shot, params=params,
-                                 concurrency=concurrency, progress=progress, gates=gates, judge=judge,
-                                 min_margin=min_margin)
+            summary = await _run(
+                store,
+                records,
+                chat_model,
+                constitution,
+                out=out,
+                revisions=revisions,
+                sampling=sampling,
+                seed=seed,
+                few_shot=few_shot,
+                params=params,
+                concurrency=concurrency,
+                progress=progress,
+                gates=gates,
+                judge=judge,
+                min_margin=min_margin,
+            )
         finally:
             if own_judge:
                 await judge.aclose()
@@ -217,13 +289,20 @@ async def agenerate_run(
             if row is not None and row.record and "prompt" in row.record:
                 traces.append(Trace.from_dict(row.record))
             else:  # failed before any trace existed (an unexpected error)
-                traces.append(Trace(id=r.id, prompt=r.messages, stop_reason="failed",
-                                    error=row.reason if row else "not_run"))
+                traces.append(
+                    Trace(id=r.id, prompt=r.messages, stop_reason="failed", error=row.reason if row else "not_run")
+                )
     return GenerateResult(traces, summary, skipped, Path(out) if out is not None else None)
 
 
-def _load_verifier(verify: Any, store: RunStore, constitution: Constitution, chat_model: ChatModel | None,
-                   spec: str, model_options: dict[str, Any]) -> tuple[Any, bool]:
+def _load_verifier(
+    verify: Any,
+    store: RunStore,
+    constitution: Constitution,
+    chat_model: ChatModel | None,
+    spec: str,
+    model_options: dict[str, Any],
+) -> tuple[Any, bool]:
     """The judge for ``verify`` and whether this run must close it. A spec naming the
     generating model reuses the loaded model; pairwise judges ask the constitution's judge
     questions. Its calls are cached in the run store."""

@@ -244,8 +244,10 @@ def _resolve(spec: _ConstitutionFile, parent: Constitution | None, source: YamlF
         inherited = {p.name for p in parent.principles} | {j.name for j in parent.judge_principles}
         for index, name in enumerate(spec.drop):
             if name not in inherited:
-                source.error(("drop", index), f"{spec.extends!r} has no principle named {name!r}"
-                             + did_you_mean(name, sorted(inherited)))
+                source.error(
+                    ("drop", index),
+                    f"{spec.extends!r} has no principle named {name!r}" + did_you_mean(name, sorted(inherited)),
+                )
         base = parent.model_dump()
         for key in ("version", "description", "language", "few_shot"):
             if key not in own:
@@ -255,12 +257,12 @@ def _resolve(spec: _ConstitutionFile, parent: Constitution | None, source: YamlF
             kept_names = {item["name"] for item in kept}
             for index, item in enumerate(data[key]):
                 if item["name"] in kept_names:
-                    source.error((key, index, "name"),
-                                 f"{item['name']!r} is already inherited from {spec.extends!r}; "
-                                 f"add it to drop to replace it")
+                    source.error(
+                        (key, index, "name"),
+                        f"{item['name']!r} is already inherited from {spec.extends!r}; add it to drop to replace it",
+                    )
             data[key] = kept + data[key]
-        data["defaults"] = {**base["defaults"],
-                            **spec.defaults.model_dump(include=spec.defaults.model_fields_set)}
+        data["defaults"] = {**base["defaults"], **spec.defaults.model_dump(include=spec.defaults.model_fields_set)}
     try:
         return Constitution.model_validate(data)
     except ValidationError as exc:

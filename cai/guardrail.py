@@ -26,7 +26,8 @@ reason. Options are prefixed ``cai_`` so they never collide with LiteLLM's own g
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
 from fastapi import HTTPException
 from litellm.integrations.custom_guardrail import CustomGuardrail
@@ -38,8 +39,11 @@ from cai.wrapper import DEFAULT_REFUSAL, ConstitutionalWrapper, WrappedCompletio
 
 def _text(content: Any) -> str:
     if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content
-                         if isinstance(p, dict) and p.get("type") in ("text", "input_text", "output_text"))
+        return "\n".join(
+            p.get("text", "")
+            for p in content
+            if isinstance(p, dict) and p.get("type") in ("text", "input_text", "output_text")
+        )
     return content or ""
 
 
@@ -47,7 +51,8 @@ def _messages(data: dict[str, Any]) -> list[Message]:
     """The conversation of a chat request, a text completion or a Responses API request."""
     if data.get("messages"):
         return as_text_conversation(
-            [{**m, "role": m.get("role", "user"), "content": _text(m.get("content"))} for m in data["messages"]])
+            [{**m, "role": m.get("role", "user"), "content": _text(m.get("content"))} for m in data["messages"]]
+        )
     out: list[Message] = []
     if data.get("instructions"):
         out.append({"role": "system", "content": str(data["instructions"])})
@@ -127,11 +132,20 @@ class ConstitutionalGuardrail(CustomGuardrail):
             return await self.wrapper.apply(messages, text)
         except ModelError as exc:
             # LiteLLM turns any other exception into a 500; the client should see what failed
-            status = 503 if isinstance(exc, TransientModelError) or "connection" in str(exc) \
-                or "timeout" in str(exc) else 502
-            raise HTTPException(status_code=status, detail={"error": (
-                f"cai guardrail: the critique/revision model {self.wrapper.model.spec} failed "
-                f"({exc.reason}): {exc}")}) from None
+            status = (
+                503
+                if isinstance(exc, TransientModelError) or "connection" in str(exc) or "timeout" in str(exc)
+                else 502
+            )
+            raise HTTPException(
+                status_code=status,
+                detail={
+                    "error": (
+                        f"cai guardrail: the critique/revision model {self.wrapper.model.spec} failed "
+                        f"({exc.reason}): {exc}"
+                    )
+                },
+            ) from None
 
     async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
         messages = _messages(data)
@@ -141,13 +155,24 @@ class ConstitutionalGuardrail(CustomGuardrail):
             texts = [(c, "message") if getattr(c, "message", None) is not None else (c, "text") for c in choices]
             targets = [(c.message, "content") if kind == "message" else (c, "text") for c, kind in texts]
         elif isinstance(output, list):  # Responses API: the output_text parts of its messages
-            targets = [(part, "text") for item in output if _get(item, "type") == "message"
-                       for part in (_get(item, "content") or []) if _get(part, "type") == "output_text"]
+            targets = [
+                (part, "text")
+                for item in output
+                if _get(item, "type") == "message"
+                for part in (_get(item, "content") or [])
+                if _get(part, "type") == "output_text"
+            ]
         elif "Embedding" in type(response).__name__:
             return response
         else:
-            raise HTTPException(status_code=400, detail={"error": (
-                f"cai guardrail cannot revise a {type(response).__name__} response; it is not passed on unrevised")})
+            raise HTTPException(
+                status_code=400,
+                detail={
+                    "error": (
+                        f"cai guardrail cannot revise a {type(response).__name__} response; it is not passed on unrevised"
+                    )
+                },
+            )
         targets = [(obj, key) for obj, key in targets if isinstance(_get(obj, key), str)]
         replies = await asyncio.gather(*(self._revise(messages, _get(obj, key)) for obj, key in targets))
         for (obj, key), reply in zip(targets, replies):
@@ -166,9 +191,15 @@ class ConstitutionalGuardrail(CustomGuardrail):
         chunks = [chunk async for chunk in response]
         if any(getattr(c, "choices", None) is None and getattr(c, "usage", None) is None for c in chunks):
             # e.g. Responses API stream events: no per-choice deltas to buffer and replace
-            raise HTTPException(status_code=400, detail={"error": (
-                "cai guardrail can revise streamed chat completions only; ask with stream=false "
-                "(or use /v1/chat/completions) so the answer is not passed on unrevised")})
+            raise HTTPException(
+                status_code=400,
+                detail={
+                    "error": (
+                        "cai guardrail can revise streamed chat completions only; ask with stream=false "
+                        "(or use /v1/chat/completions) so the answer is not passed on unrevised"
+                    )
+                },
+            )
         texts: dict[int, str] = {}
         for c in chunks:
             for choice in c.choices or []:

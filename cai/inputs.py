@@ -17,9 +17,10 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from cai.models.base import Message
 
@@ -135,7 +136,10 @@ def read_records(path: Path) -> Iterator[tuple[str, Any]]:
                 try:
                     line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
                 except UnicodeDecodeError as exc:
-                    yield f"{path}:{n}", ValueError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+                    yield (
+                        f"{path}:{n}",
+                        ValueError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"),
+                    )
                     continue
                 if not line.strip():
                     continue
@@ -176,7 +180,9 @@ def read_records(path: Path) -> Iterator[tuple[str, Any]]:
         for i, row in enumerate(rows):
             yield f"{path}:row {i}", row
     else:
-        raise InputError(f"{path}: unsupported input format {suffix!r}; use .jsonl, .json, .csv, .parquet or a HF datasets folder")
+        raise InputError(
+            f"{path}: unsupported input format {suffix!r}; use .jsonl, .json, .csv, .parquet or a HF datasets folder"
+        )
 
 
 def read_prompts(

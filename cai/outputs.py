@@ -89,11 +89,20 @@ def run_counts(store: RunStore) -> dict[str, int]:
 
 
 # licence texts recognised next to the input prompts (first match wins), as HF licence ids
-_LICENCE_TEXTS = (("MIT License", "mit"), ("Apache License", "apache-2.0"),
-                  ("Attribution 4.0 International", "cc-by-4.0"), ("Attribution-ShareAlike 4.0", "cc-by-sa-4.0"),
-                  ("CC0 1.0", "cc0-1.0"))
-_SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-          (10_000_000, "1M<n<10M"))
+_LICENCE_TEXTS = (
+    ("MIT License", "mit"),
+    ("Apache License", "apache-2.0"),
+    ("Attribution 4.0 International", "cc-by-4.0"),
+    ("Attribution-ShareAlike 4.0", "cc-by-sa-4.0"),
+    ("CC0 1.0", "cc0-1.0"),
+)
+_SIZES = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+)
 
 
 def input_license(sources: list[str]) -> str | None:
@@ -124,8 +133,15 @@ def size_category(rows: int) -> str:
     return next((label for limit, label in _SIZES if rows < limit), "n>10M")
 
 
-def dataset_card(config: dict[str, Any], counts: dict[str, int], fmt: ExportFormat, *,
-                 license: str = "unknown", language: str | None = None, pretty_name: str | None = None) -> str:
+def dataset_card(
+    config: dict[str, Any],
+    counts: dict[str, int],
+    fmt: ExportFormat,
+    *,
+    license: str = "unknown",
+    language: str | None = None,
+    pretty_name: str | None = None,
+) -> str:
     """README.md with HF dataset-card metadata; ``sft`` is the default config, so
     ``datasets.load_dataset(folder)`` loads it without a config name."""
     import yaml
@@ -157,8 +173,12 @@ def dataset_card(config: dict[str, Any], counts: dict[str, int], fmt: ExportForm
         f"- revisions: {safe.get('revisions')}, principle sampling: {safe.get('sampling')}, "
         f"seed: {safe.get('seed')}, few-shot: {safe.get('few_shot')}",
         f"- generation params: `{json.dumps(safe.get('params', {}), sort_keys=True)}`",
-        f"- licence: `{license}`" + ("" if license != "unknown" else
-                                     " (set it with `cai export --license`; it should follow the prompts' licence)"),
+        f"- licence: `{license}`"
+        + (
+            ""
+            if license != "unknown"
+            else " (set it with `cai export --license`; it should follow the prompts' licence)"
+        ),
         f"- exported: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
         "",
         "| what | count |",
@@ -173,9 +193,15 @@ def dataset_card(config: dict[str, Any], counts: dict[str, int], fmt: ExportForm
     return "\n".join(lines)
 
 
-def export_run(run_dir: str | Path, to: str | Path, fmt: ExportFormat = "hf", *,
-               license: str | None = None, language: str | None = None,
-               pretty_name: str | None = None) -> dict[str, int]:
+def export_run(
+    run_dir: str | Path,
+    to: str | Path,
+    fmt: ExportFormat = "hf",
+    *,
+    license: str | None = None,
+    language: str | None = None,
+    pretty_name: str | None = None,
+) -> dict[str, int]:
     """Export a run's done samples (from its store, the source of truth) with a dataset card.
     ``license`` defaults to the input prompts' licence where a licence file next to them
     says it, else ``unknown``; ``language`` to the constitution's."""
@@ -199,8 +225,14 @@ def export_run(run_dir: str | Path, to: str | Path, fmt: ExportFormat = "hf", *,
         else:
             ds.to_parquet(str(to / f"{name}.parquet"))
     sources = [str(t.metadata.get("source", "")) for t in traces]
-    card = dataset_card(config, counts, fmt, license=license or input_license(sources) or "unknown",
-                        language=language or _language(config), pretty_name=pretty_name)
+    card = dataset_card(
+        config,
+        counts,
+        fmt,
+        license=license or input_license(sources) or "unknown",
+        language=language or _language(config),
+        pretty_name=pretty_name,
+    )
     (to / "README.md").write_text(card, encoding="utf-8")
     return {"sft": len(sft), "preferences": len(prefs)}
 

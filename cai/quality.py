@@ -23,16 +23,24 @@ import re
 import unicodedata
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 OnTruncated = Literal["drop", "keep"]
 GATE_REASONS = ("repeated_ngrams", "repeated_sentence", "low_compression", "truncated", "wrong_language", "off_topic")
 
 # the script a constitution's language is written in (ISO 639-1 code -> Unicode name prefix)
 LANGUAGE_SCRIPTS = {
-    "ko": {"HANGUL"}, "ja": {"HIRAGANA", "KATAKANA", "CJK"}, "zh": {"CJK"}, "ru": {"CYRILLIC"},
-    "uk": {"CYRILLIC"}, "ar": {"ARABIC"}, "he": {"HEBREW"}, "hi": {"DEVANAGARI"}, "th": {"THAI"},
+    "ko": {"HANGUL"},
+    "ja": {"HIRAGANA", "KATAKANA", "CJK"},
+    "zh": {"CJK"},
+    "ru": {"CYRILLIC"},
+    "uk": {"CYRILLIC"},
+    "ar": {"ARABIC"},
+    "he": {"HEBREW"},
+    "hi": {"DEVANAGARI"},
+    "th": {"THAI"},
     "el": {"GREEK"},
 }
 _CJK_SCRIPTS = {"HANGUL", "CJK", "HIRAGANA", "KATAKANA"}
@@ -76,9 +84,14 @@ class QualityGates:
         return asdict(self)
 
     @classmethod
-    def off(cls) -> "QualityGates":
-        return cls(max_repeated_ngrams=None, max_sentence_repeats=None, min_compression_ratio=None,
-                   language=False, off_topic=False)
+    def off(cls) -> QualityGates:
+        return cls(
+            max_repeated_ngrams=None,
+            max_sentence_repeats=None,
+            min_compression_ratio=None,
+            language=False,
+            off_topic=False,
+        )
 
 
 def words(text: str) -> list[str]:
@@ -88,7 +101,7 @@ def words(text: str) -> list[str]:
 def repeated_ngram_share(text: str, n: int = 3) -> float:
     """Share of the word n-grams that already occurred earlier in the text (0 for short texts)."""
     tokens = words(text)
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     if not grams:
         return 0.0
     return 1 - len(set(grams)) / len(grams)
@@ -148,7 +161,7 @@ def content_keys(text: str) -> set[str]:
     keys: set[str] = set()
     for token in words(text):
         if any(unicodedata.name(ch, "").split(" ")[0] in _CJK_SCRIPTS for ch in token):
-            keys.update(token[i:i + 2] for i in range(len(token) - 1))
+            keys.update(token[i : i + 2] for i in range(len(token) - 1))
         elif len(token) >= 4 and token not in _STOPWORDS and not token.isdigit():
             keys.add(token[:5])
     return keys

@@ -64,7 +64,7 @@ class Trace:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Trace":
+    def from_dict(cls, data: dict[str, Any]) -> Trace:
         data = dict(data)
         data["steps"] = [Step(**s) for s in data.get("steps", [])]
         data["usage"] = Usage.from_dict(data.get("usage"))

@@ -15,11 +15,12 @@ import html
 import io
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cai.records import Trace
-from cai.stats import NotARunError, REPORT_JSON, run_stats
+from cai.stats import REPORT_JSON, NotARunError, run_stats
 from cai.store import DB_NAME, RunStore
 
 REPORT_HTML = "report.html"
@@ -33,6 +34,7 @@ class ReportError(ValueError):
 
 
 # -- plots -----------------------------------------------------------------------------
+
 
 def _figure(width: float = 5.2, height: float = 2.8):
     import matplotlib
@@ -51,7 +53,11 @@ def _svg(fig, name: str, title: str) -> str:
     for ax in fig.axes:  # counts are whole numbers
         label = ax.get_xlabel() + ax.get_ylabel()
         if any(w in label for w in ("samples", "count", "rounds", "pairs")):
-            (ax.xaxis if ax.get_xlabel() in ("samples", "count") or ax.get_xlabel().startswith("rounds") else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
+            (
+                ax.xaxis
+                if ax.get_xlabel() in ("samples", "count") or ax.get_xlabel().startswith("rounds")
+                else ax.yaxis
+            ).set_major_locator(MaxNLocator(integer=True))
 
     fig.suptitle(title, fontsize=9, x=0.02, ha="left")
     fig.tight_layout()
@@ -59,7 +65,7 @@ def _svg(fig, name: str, title: str) -> str:
     fig.savefig(buf, format="svg")
     plt.close(fig)
     svg = buf.getvalue()
-    svg = svg[svg.index("<svg"):]  # drop the XML prolog and doctype
+    svg = svg[svg.index("<svg") :]  # drop the XML prolog and doctype
     svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.DOTALL)
     return f'<figure class="plot" data-plot="{html.escape(name)}">{svg}</figure>'
 
@@ -73,7 +79,12 @@ def _empty(name: str, title: str, why: str) -> str:
 
 def plot_funnel(stats: dict[str, Any]) -> str:
     f = stats["funnel"]
-    steps = [("prompts", f["prompts"]), ("answered", f["answered"]), ("revised", f["revised"]), ("pairs written", f["pairs"])]
+    steps = [
+        ("prompts", f["prompts"]),
+        ("answered", f["answered"]),
+        ("revised", f["revised"]),
+        ("pairs written", f["pairs"]),
+    ]
     fig, ax = _figure(height=2.0)
     names = [s for s, _ in steps][::-1]
     values = [v for _, v in steps][::-1]
@@ -94,7 +105,12 @@ def plot_principles(stats: dict[str, Any]) -> str:
         "unchanged": [table[n]["unchanged"] for n in names],
         "dropped": [sum(table[n]["degenerate"].values()) for n in names],
     }
-    colors = {"revised": COLORS["kept"], "early stop": "#8c8cd9", "unchanged": COLORS["other"], "dropped": COLORS["dropped"]}
+    colors = {
+        "revised": COLORS["kept"],
+        "early stop": "#8c8cd9",
+        "unchanged": COLORS["other"],
+        "dropped": COLORS["dropped"],
+    }
     fig, ax = _figure(height=max(2.0, 0.22 * len(names) + 0.8))
     left = [0] * len(names)
     for label, values in parts.items():
@@ -107,9 +123,11 @@ def plot_principles(stats: dict[str, Any]) -> str:
 
 
 def plot_dropped(stats: dict[str, Any]) -> str:
-    reasons = {**{f"revision: {k}": v for k, v in stats["revisions"]["dropped"].items()},
-               **{f"pair (judge): {k}": v for k, v in stats["pairs_not_kept"].items()},
-               **{f"sample failed: {k}": v for k, v in stats["failed"].items()}}
+    reasons = {
+        **{f"revision: {k}": v for k, v in stats["revisions"]["dropped"].items()},
+        **{f"pair (judge): {k}": v for k, v in stats["pairs_not_kept"].items()},
+        **{f"sample failed: {k}": v for k, v in stats["failed"].items()},
+    }
     if stats["revisions"]["truncated_kept"]:
         reasons["revision kept, truncated"] = stats["revisions"]["truncated_kept"]
     if not reasons:
@@ -170,8 +188,10 @@ def plot_throughput(stats: dict[str, Any]) -> str:
 def plot_training(log: list[dict[str, Any]], name: str) -> list[str]:
     """Loss (train / eval) and, where logged, reward margin and accuracy by step."""
     plots = []
-    groups = [("loss", ["loss", "eval_loss"]),
-              ("rewards", ["rewards/margins", "eval_rewards/margins", "rewards/accuracies", "eval_rewards/accuracies"])]
+    groups = [
+        ("loss", ["loss", "eval_loss"]),
+        ("rewards", ["rewards/margins", "eval_rewards/margins", "rewards/accuracies", "eval_rewards/accuracies"]),
+    ]
     for title, keys in groups:
         series = {k: [(e["step"], e[k]) for e in log if k in e and "step" in e] for k in keys}
         series = {k: v for k, v in series.items() if v}
@@ -189,6 +209,7 @@ def plot_training(log: list[dict[str, Any]], name: str) -> list[str]:
 
 
 # -- samples ---------------------------------------------------------------------------
+
 
 def word_diff(before: str, after: str) -> str:
     """HTML of ``after`` with the words added since ``before`` in <ins> and removed in <del>."""
@@ -217,8 +238,12 @@ def sample_outcome(trace: Trace) -> str:
 def sample_view(trace: Trace) -> dict[str, Any]:
     steps, current = [], trace.initial
     for s in trace.steps:
-        step = {"principle": s.principle, "critique": s.critique, "note": s.note or ("accepted" if s.accepted else ""),
-                "accepted": s.accepted}
+        step = {
+            "principle": s.principle,
+            "critique": s.critique,
+            "note": s.note or ("accepted" if s.accepted else ""),
+            "accepted": s.accepted,
+        }
         if s.revision is not None:
             step["diff"] = word_diff(current, s.revision)
         if s.accepted:
@@ -226,10 +251,16 @@ def sample_view(trace: Trace) -> dict[str, Any]:
         steps.append(step)
     prompt = next((m["content"] for m in reversed(trace.prompt) if m["role"] == "user"), "")
     return {
-        "id": trace.id, "prompt": prompt, "initial": trace.initial, "final": trace.final, "steps": steps,
+        "id": trace.id,
+        "prompt": prompt,
+        "initial": trace.initial,
+        "final": trace.final,
+        "steps": steps,
         "outcome": sample_outcome(trace),
-        "reasons": sorted({s.note.split(":", 1)[1] for s in trace.steps if s.note.startswith("degenerate")}
-                          | ({"truncated"} if any(s.note == "truncated" for s in trace.steps) else set())),
+        "reasons": sorted(
+            {s.note.split(":", 1)[1] for s in trace.steps if s.note.startswith("degenerate")}
+            | ({"truncated"} if any(s.note == "truncated" for s in trace.steps) else set())
+        ),
         "principles": sorted({s.principle for s in trace.steps}),
         "verify": {k: v for k, v in (trace.metadata.get("verify") or {}).items() if k != "details"} or None,
     }
@@ -238,20 +269,31 @@ def sample_view(trace: Trace) -> dict[str, Any]:
 def _run_samples(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
     with RunStore(run_dir, read_only=True) as store:
         rows = list(store.samples())
-    traces = [Trace.from_dict(r.record) if r.record and "prompt" in r.record else
-              Trace(id=r.id, prompt=[], stop_reason="failed", error=r.reason) for r in rows]
+    traces = [
+        Trace.from_dict(r.record)
+        if r.record and "prompt" in r.record
+        else Trace(id=r.id, prompt=[], stop_reason="failed", error=r.reason)
+        for r in rows
+    ]
     return [sample_view(t) for t in traces[:MAX_SAMPLES]], len(traces)
 
 
 # -- the page --------------------------------------------------------------------------
+
 
 def _source(path: Path) -> dict[str, Any]:
     if (path / DB_NAME).exists():
         stats = run_stats(path)
         (path / REPORT_JSON).write_text(json.dumps(stats, indent=1, ensure_ascii=False), encoding="utf-8")
         samples, total = _run_samples(path)
-        return {"kind": "run", "name": path.name or str(path), "path": str(path), "stats": stats,
-                "samples": samples, "total_samples": total}
+        return {
+            "kind": "run",
+            "name": path.name or str(path),
+            "path": str(path),
+            "stats": stats,
+            "samples": samples,
+            "total_samples": total,
+        }
     if (path / TRAINER_LOG).exists():
         try:
             log = json.loads((path / TRAINER_LOG).read_text(encoding="utf-8"))
@@ -267,14 +309,17 @@ def _source(path: Path) -> dict[str, Any]:
 
 def _headline(stats: dict[str, Any]) -> str:
     f = stats["funnel"]
+
     def listed(counts: dict[str, int]) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
 
     failed = sum(stats["failed"].values())
-    judged = f' Pairs left out by the judge: {html.escape(listed(stats["pairs_not_kept"]))}.' if stats["judge"] else ""
-    return (f'<p class="headline"><b class="kept">{f["pairs"]} preference pairs kept</b> of {f["prompts"]} prompts '
-            f'({f["answered"]} SFT rows, {failed} samples failed). Revisions dropped: '
-            f'{html.escape(listed(stats["revisions"]["dropped"]))}.{judged}</p>')
+    judged = f" Pairs left out by the judge: {html.escape(listed(stats['pairs_not_kept']))}." if stats["judge"] else ""
+    return (
+        f'<p class="headline"><b class="kept">{f["pairs"]} preference pairs kept</b> of {f["prompts"]} prompts '
+        f"({f['answered']} SFT rows, {failed} samples failed). Revisions dropped: "
+        f"{html.escape(listed(stats['revisions']['dropped']))}.{judged}</p>"
+    )
 
 
 def _figures_table(stats: dict[str, Any]) -> str:
@@ -294,11 +339,14 @@ def _figures_table(stats: dict[str, Any]) -> str:
         ("revisions kept truncated", str(stats["revisions"]["truncated_kept"])),
         ("judge consistency (both orders agree)", pct(judge["consistency"]) if judge else "no judge"),
         ("judge position bias (first shown wins)", pct(judge["first_position_share"]) if judge else "no judge"),
-        ("near-duplicate prompt clusters (largest)", f'{dup["prompts"]["clusters"]} ({dup["prompts"]["largest"]})'),
-        ("near-duplicate chosen clusters (largest)", f'{dup["chosen"]["clusters"]} ({dup["chosen"]["largest"]})'),
-        ("refusal share: chosen / rejected", f'{pct(stats["refusal_share"]["chosen"])} / {pct(stats["refusal_share"]["rejected"])}'),
-        ("tokens prompt / completion", f'{usage["prompt_tokens"]} / {usage["completion_tokens"]}'),
-        ("model calls / cached calls", f'{usage["model_calls"]} / {usage["cached_calls"]}'),
+        ("near-duplicate prompt clusters (largest)", f"{dup['prompts']['clusters']} ({dup['prompts']['largest']})"),
+        ("near-duplicate chosen clusters (largest)", f"{dup['chosen']['clusters']} ({dup['chosen']['largest']})"),
+        (
+            "refusal share: chosen / rejected",
+            f"{pct(stats['refusal_share']['chosen'])} / {pct(stats['refusal_share']['rejected'])}",
+        ),
+        ("tokens prompt / completion", f"{usage['prompt_tokens']} / {usage['completion_tokens']}"),
+        ("model calls / cached calls", f"{usage['model_calls']} / {usage['cached_calls']}"),
     ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return f'<table class="figures">{body}</table>'
@@ -306,30 +354,49 @@ def _figures_table(stats: dict[str, Any]) -> str:
 
 def _run_section(src: dict[str, Any]) -> str:
     stats = src["stats"]
-    plots = [plot_funnel(stats), plot_dropped(stats), plot_principles(stats), plot_lengths(stats),
-             plot_margins(stats), plot_throughput(stats)]
+    plots = [
+        plot_funnel(stats),
+        plot_dropped(stats),
+        plot_principles(stats),
+        plot_lengths(stats),
+        plot_margins(stats),
+        plot_throughput(stats),
+    ]
     config = stats["config"]
-    return (f'<section class="source run"><h2>{html.escape(src["name"])}</h2>'
-            f'<p class="meta">{html.escape(src["path"])} · model <code>{html.escape(str(config.get("model")))}</code> · '
-            f'constitution <code>{html.escape(str(config.get("constitution")))}</code></p>'
-            f'{_headline(stats)}{_figures_table(stats)}{"".join(plots)}</section>')
+    return (
+        f'<section class="source run"><h2>{html.escape(src["name"])}</h2>'
+        f'<p class="meta">{html.escape(src["path"])} · model <code>{html.escape(str(config.get("model")))}</code> · '
+        f"constitution <code>{html.escape(str(config.get('constitution')))}</code></p>"
+        f"{_headline(stats)}{_figures_table(stats)}{''.join(plots)}</section>"
+    )
 
 
 def _training_section(src: dict[str, Any]) -> str:
-    return (f'<section class="source training"><h2>{html.escape(src["name"])} (training)</h2>'
-            f'<p class="meta">{html.escape(src["path"])} · {len(src["log"])} log entries</p>'
-            f'{"".join(plot_training(src["log"], src["name"]))}</section>')
+    return (
+        f'<section class="source training"><h2>{html.escape(src["name"])} (training)</h2>'
+        f'<p class="meta">{html.escape(src["path"])} · {len(src["log"])} log entries</p>'
+        f"{''.join(plot_training(src['log'], src['name']))}</section>"
+    )
 
 
 def _comparison(sources: list[dict[str, Any]]) -> str:
     runs = [s for s in sources if s["kind"] == "run"]
     if len(runs) < 2:
         return ""
-    keys = [("prompts", lambda s: s["funnel"]["prompts"]), ("pairs kept", lambda s: s["funnel"]["pairs"]),
-            ("revised", lambda s: s["funnel"]["revised"]), ("early stopped", lambda s: s["early_stopped"]),
-            ("revisions dropped", lambda s: sum(s["revisions"]["dropped"].values())),
-            ("chosen longer", lambda s: "-" if s["length"]["chosen_longer_share"] is None else f'{s["length"]["chosen_longer_share"]:.0%}'),
-            ("failed", lambda s: sum(s["failed"].values()))]
+    keys = [
+        ("prompts", lambda s: s["funnel"]["prompts"]),
+        ("pairs kept", lambda s: s["funnel"]["pairs"]),
+        ("revised", lambda s: s["funnel"]["revised"]),
+        ("early stopped", lambda s: s["early_stopped"]),
+        ("revisions dropped", lambda s: sum(s["revisions"]["dropped"].values())),
+        (
+            "chosen longer",
+            lambda s: (
+                "-" if s["length"]["chosen_longer_share"] is None else f"{s['length']['chosen_longer_share']:.0%}"
+            ),
+        ),
+        ("failed", lambda s: sum(s["failed"].values())),
+    ]
     head = "".join(f"<th>{html.escape(r['name'])}</th>" for r in runs)
     body = "".join(f"<tr><th>{k}</th>" + "".join(f"<td>{f(r['stats'])}</td>" for r in runs) + "</tr>" for k, f in keys)
     return f'<section class="compare"><h2>Runs side by side</h2><table class="figures"><tr><th></th>{head}</tr>{body}</table></section>'
@@ -410,20 +477,34 @@ def render_report(paths: Sequence[str | Path]) -> str:
         raise ReportError(str(exc)) from None
     sections = [_run_section(s) if s["kind"] == "run" else _training_section(s) for s in sources]
     samples = [{**v, "run": s["name"]} for s in sources if s["kind"] == "run" for v in s["samples"]]
-    note = "".join(f'<p class="meta">{html.escape(s["name"])}: the first {len(s["samples"])} of {s["total_samples"]} samples</p>'
-                   for s in sources if s["kind"] == "run" and s["total_samples"] > len(s["samples"]))
+    note = "".join(
+        f'<p class="meta">{html.escape(s["name"])}: the first {len(s["samples"])} of {s["total_samples"]} samples</p>'
+        for s in sources
+        if s["kind"] == "run" and s["total_samples"] > len(s["samples"])
+    )
     browser = ""
     if samples:
-        selects = "".join(f'<label>{label} <select id="f-{key}"><option value="">all</option></select></label>'
-                          for key, label in (("run", "run"), ("principle", "principle"), ("outcome", "outcome"), ("reason", "dropped / flagged for")))
+        selects = "".join(
+            f'<label>{label} <select id="f-{key}"><option value="">all</option></select></label>'
+            for key, label in (
+                ("run", "run"),
+                ("principle", "principle"),
+                ("outcome", "outcome"),
+                ("reason", "dropped / flagged for"),
+            )
+        )
         payload = json.dumps(samples, ensure_ascii=False).replace("</", "<\\/")
-        browser = (f'<section id="browser"><h2>Samples</h2>{note}<div class="filters">{selects}<span id="shown"></span></div>'
-                   f'<div id="samples"></div><script type="application/json" id="samples-data">{payload}</script>'
-                   f'<script>{_JS}</script></section>')
+        browser = (
+            f'<section id="browser"><h2>Samples</h2>{note}<div class="filters">{selects}<span id="shown"></span></div>'
+            f'<div id="samples"></div><script type="application/json" id="samples-data">{payload}</script>'
+            f"<script>{_JS}</script></section>"
+        )
     title = "cai report: " + ", ".join(s["name"] for s in sources)
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f'<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{_comparison(sources)}'
-            f'<div class="sources">{"".join(sections)}</div>{browser}</body></html>')
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{_comparison(sources)}"
+        f'<div class="sources">{"".join(sections)}</div>{browser}</body></html>'
+    )
 
 
 def write_report(paths: Sequence[str | Path], out: str | Path | None = None) -> Path:

@@ -24,8 +24,8 @@ import hashlib
 import json
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from cai.constitution import Constitution, Principle, Sampling, load_constitution
 from cai.models.base import ChatModel, ContextLengthError, GenParams, Message, ModelError, Usage
@@ -155,7 +155,7 @@ def _with_few_shot(prompt: list[Message], constitution: Constitution, few_shot: 
         return list(prompt)
     system = [m for m in prompt[:1] if m["role"] == "system"]
     shots = [m for example in constitution.few_shot for m in example.to_messages()]
-    return [*system, *shots, *prompt[len(system):]]
+    return [*system, *shots, *prompt[len(system) :]]
 
 
 @dataclass
@@ -180,9 +180,7 @@ class _Conversation:
     async def say(self, messages: list[Message]) -> str:
         completion = await self.model.chat(messages, self.fit(messages))
         self.last_finish = completion.finish_reason
-        self.usage = self.usage + Usage(
-            completion.usage.prompt_tokens, completion.usage.completion_tokens, 1
-        )
+        self.usage = self.usage + Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens, 1)
         return completion.text.strip()
 
 

@@ -41,8 +41,9 @@ import json
 import time
 import traceback
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Awaitable, Callable, Iterable, Sequence
+from typing import IO, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -131,8 +132,7 @@ class RunSummary:
         table.add_row("model calls (new / cached)", f"{self.model_calls} / {self.cache_hits}")
         table.add_row(
             "tokens (prompt / completion)",
-            f"{_fmt(self.counters.get('prompt_tokens', 0))} / "
-            f"{_fmt(self.counters.get('completion_tokens', 0))}",
+            f"{_fmt(self.counters.get('prompt_tokens', 0))} / {_fmt(self.counters.get('completion_tokens', 0))}",
         )
         table.add_row("wall time", f"{self.wall_s:.1f} s")
         return table
@@ -163,8 +163,7 @@ class _OutputFiles:
         paths = {w.name: self.store.run_dir / w.name for w in self.writers}
         sizes = self.store.output_sizes()
         consistent = all(
-            name in sizes and path.exists() and path.stat().st_size >= sizes[name]
-            for name, path in paths.items()
+            name in sizes and path.exists() and path.stat().st_size >= sizes[name] for name, path in paths.items()
         ) or not any(True for _ in self.store.samples("done"))
         if not consistent:  # a file was deleted/shortened or a writer added: rebuild from the store
             self.store.reset_outputs()
@@ -346,4 +345,3 @@ class Runner:
 
     def print_summary(self, summary: RunSummary) -> None:
         self.console.print(summary.table())
-

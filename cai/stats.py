@@ -15,8 +15,9 @@ import sqlite3
 import time
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,10 +57,12 @@ def _shingles(text: str, n: int = 3) -> set[int]:
     tokens = words(text)
     if len(tokens) < n:
         return {zlib.crc32(" ".join(tokens).encode())} if tokens else set()
-    return {zlib.crc32(" ".join(tokens[i:i + n]).encode()) for i in range(len(tokens) - n + 1)}
+    return {zlib.crc32(" ".join(tokens[i : i + n]).encode()) for i in range(len(tokens) - n + 1)}
 
 
-def near_duplicate_clusters(texts: Sequence[str], threshold: float = 0.7, num_perm: int = 64, bands: int = 16) -> list[list[int]]:
+def near_duplicate_clusters(
+    texts: Sequence[str], threshold: float = 0.7, num_perm: int = 64, bands: int = 16
+) -> list[list[int]]:
     """Groups (of >= 2 indices) of texts whose shingle Jaccard similarity is >= ``threshold``.
     MinHash + LSH proposes candidates; each candidate pair is checked exactly."""
     rng = np.random.default_rng(0)
@@ -74,7 +77,7 @@ def near_duplicate_clusters(texts: Sequence[str], threshold: float = 0.7, num_pe
         x = np.array(sorted(sh), dtype=np.uint64)
         sig = ((x[:, None] * a[None, :] + b[None, :]) % np.uint64(_PRIME)).min(axis=0)
         for band in range(bands):
-            buckets[(band, sig[band * rows:(band + 1) * rows].tobytes())].append(i)
+            buckets[(band, sig[band * rows : (band + 1) * rows].tobytes())].append(i)
     parent = list(range(len(texts)))
 
     def find(i: int) -> int:
@@ -112,9 +115,11 @@ def _duplicates(texts: Sequence[str]) -> dict[str, Any]:
 
 # -- the pieces --------------------------------------------------------------------------
 
+
 def _principles(traces: Sequence[Trace]) -> dict[str, dict[str, Any]]:
-    table: dict[str, dict[str, Any]] = defaultdict(lambda: {"drawn": 0, "revised": 0, "early_stopped": 0,
-                                                            "unchanged": 0, "truncated": 0, "degenerate": Counter()})
+    table: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"drawn": 0, "revised": 0, "early_stopped": 0, "unchanged": 0, "truncated": 0, "degenerate": Counter()}
+    )
     for t in traces:
         for s in t.steps:
             row = table[s.principle]
@@ -177,8 +182,10 @@ def _timeline(run_dir: Path) -> dict[str, Any]:
     db = sqlite3.connect(f"file:{run_dir / DB_NAME}?mode=ro", uri=True)
     try:
         done = [r[0] for r in db.execute("SELECT updated FROM samples WHERE status='done'")]
-        calls = [(created, json.loads(c).get("usage", {}).get("completion_tokens", 0))
-                 for created, c in db.execute("SELECT created, completion FROM calls")]
+        calls = [
+            (created, json.loads(c).get("usage", {}).get("completion_tokens", 0))
+            for created, c in db.execute("SELECT created, completion FROM calls")
+        ]
     finally:
         db.close()
     stamps = done + [c for c, _ in calls]
@@ -192,8 +199,14 @@ def _timeline(run_dir: Path) -> dict[str, Any]:
         samples[int((t - start) // bin_s)] += 1
     for t, k in calls:
         tokens[int((t - start) // bin_s)] += int(k or 0)
-    return {"bin_s": bin_s, "t": [round(i * bin_s, 3) for i in range(n)], "samples": samples,
-            "completion_tokens": tokens, "started": start, "wall_s": end - start}
+    return {
+        "bin_s": bin_s,
+        "t": [round(i * bin_s, 3) for i in range(n)],
+        "samples": samples,
+        "completion_tokens": tokens,
+        "started": start,
+        "wall_s": end - start,
+    }
 
 
 def read_preferences(run_dir: Path) -> list[dict[str, Any]]:
@@ -232,8 +245,10 @@ def run_stats(run_dir: str | Path) -> dict[str, Any]:
     return {
         "run": str(run_dir),
         "made": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "config": {k: config.get(k) for k in ("model", "constitution", "revisions", "sampling", "seed",
-                                              "params", "quality", "verify")},
+        "config": {
+            k: config.get(k)
+            for k in ("model", "constitution", "revisions", "sampling", "seed", "params", "quality", "verify")
+        },
         "funnel": {
             "prompts": len(rows),
             "answered": len(traces),
@@ -257,8 +272,10 @@ def run_stats(run_dir: str | Path) -> dict[str, Any]:
             "prompts": _duplicates([prompt_text(t.prompt) for t in traces]),
             "chosen": _duplicates(chosen),
         },
-        "refusal_share": {"chosen": refusal_share(chosen),
-                          "rejected": refusal_share(p["rejected"][-1]["content"] for p in pairs)},
+        "refusal_share": {
+            "chosen": refusal_share(chosen),
+            "rejected": refusal_share(p["rejected"][-1]["content"] for p in pairs),
+        },
         "usage": {
             "prompt_tokens": int(counters.get("prompt_tokens", 0)),
             "completion_tokens": int(counters.get("completion_tokens", 0)),

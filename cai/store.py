@@ -28,9 +28,10 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from cai.models.base import ChatModel, Completion, GenParams, Message, ModelWrapper, Usage, call_key
 from cai.redact import scrub
@@ -55,8 +56,10 @@ def sample_call_key(spec: str, messages: Sequence[Message], params: GenParams) -
     key = call_key(spec, messages, params)
     sample = _SAMPLE.get()
     if params.temperature > 0 and sample is not None:
-        key = hashlib.sha256(f"{key}\0sample={sample}".encode("utf-8")).hexdigest()
+        key = hashlib.sha256(f"{key}\0sample={sample}".encode()).hexdigest()
     return key
+
+
 LOCK_NAME = ".lock"
 
 _SCHEMA = """
@@ -236,16 +239,13 @@ class RunStore:
 
     def sample(self, sample_id: str) -> SampleRow | None:
         row = self._db.execute(
-            "SELECT id, input_hash, status, reason, record, counters, written, attempts "
-            "FROM samples WHERE id=?",
+            "SELECT id, input_hash, status, reason, record, counters, written, attempts FROM samples WHERE id=?",
             (sample_id,),
         ).fetchone()
         return self._row(row) if row else None
 
     def samples(self, status: str | None = None) -> Iterator[SampleRow]:
-        sql = (
-            "SELECT id, input_hash, status, reason, record, counters, written, attempts FROM samples"
-        )
+        sql = "SELECT id, input_hash, status, reason, record, counters, written, attempts FROM samples"
         args: tuple[Any, ...] = ()
         if status:
             sql += " WHERE status=?"
@@ -348,7 +348,7 @@ class RunStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def __enter__(self) -> "RunStore":
+    def __enter__(self) -> RunStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:

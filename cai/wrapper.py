@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 from cai.constitution import Constitution, load_constitution
 from cai.models.base import (
@@ -101,8 +102,10 @@ def as_text_conversation(messages: Sequence[Message]) -> list[Message]:
         if role == "tool":
             out.append({"role": "user", "content": f"[tool result]\n{content}"})
         elif role == "assistant" and m.get("tool_calls"):
-            calls = "\n".join(f"[tool call] {c.get('function', {}).get('name')}({c.get('function', {}).get('arguments', '')})"
-                              for c in m["tool_calls"])  # type: ignore[union-attr]
+            calls = "\n".join(
+                f"[tool call] {c.get('function', {}).get('name')}({c.get('function', {}).get('arguments', '')})"
+                for c in m["tool_calls"]
+            )  # type: ignore[union-attr]
             out.append({"role": "assistant", "content": f"{content}\n{calls}".strip()})
         else:
             out.append({"role": str(role), "content": content})
@@ -174,9 +177,7 @@ class ConstitutionalWrapper(ChatModel):
     async def aclose(self) -> None:
         await self.model.aclose()
 
-    async def chat(
-        self, messages: Sequence[Message], params: GenParams | None = None
-    ) -> WrappedCompletion:
+    async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> WrappedCompletion:
         log = _CallLog(self.model)
         initial = await log.chat(messages, params)
         return await self._apply(list(messages), initial, params, log)
@@ -214,8 +215,7 @@ class ConstitutionalWrapper(ChatModel):
             trace.usage = trace.usage + judge_usage
             scores = [_score_value(r) for r in results]
             trace.metadata["judge"] = [
-                {"judge": getattr(j, "name", type(j).__name__), "p_violation": s}
-                for j, s in zip(self.judges, scores)
+                {"judge": getattr(j, "name", type(j).__name__), "p_violation": s} for j, s in zip(self.judges, scores)
             ]
             # a judge that cannot tell counts as a flag: the wrapper fails closed
             flagged = flagged or any(s is None or s >= self.threshold for s in scores)

@@ -73,15 +73,24 @@ class YamlFile:
     """A parsed YAML mapping document: its node tree (for line numbers) and its plain data
     (``.data``). Problems are raised as ``error`` (an InputFileError subclass)."""
 
-    def __init__(self, file: str, text: str | bytes, error: type[InputFileError] = InputFileError,
-                 expect: str = "a mapping", allow_empty: bool = False, any_value: bool = False):
+    def __init__(
+        self,
+        file: str,
+        text: str | bytes,
+        error: type[InputFileError] = InputFileError,
+        expect: str = "a mapping",
+        allow_empty: bool = False,
+        any_value: bool = False,
+    ):
         self.file, self.exc_type = file, error
         if isinstance(text, bytes):
             try:
                 text = text.decode("utf-8-sig")
             except UnicodeDecodeError as exc:
                 line = text.count(b"\n", 0, exc.start) + 1
-                raise self.exc_type([Problem(file, line, "", f"not UTF-8 text (byte 0x{text[exc.start]:02x})")]) from None
+                raise self.exc_type(
+                    [Problem(file, line, "", f"not UTF-8 text (byte 0x{text[exc.start]:02x})")]
+                ) from None
         try:
             try:
                 self.root = yaml.compose(text, Loader=_Loader)
@@ -141,8 +150,9 @@ class YamlFile:
             if id(node) in size:
                 continue
             if depth > MAX_DEPTH:
-                raise self.exc_type([Problem(self.file, node.start_mark.line + 1, "yaml",
-                                             f"nested deeper than {MAX_DEPTH} levels")])
+                raise self.exc_type(
+                    [Problem(self.file, node.start_mark.line + 1, "yaml", f"nested deeper than {MAX_DEPTH} levels")]
+                )
             if id(node) in on_path:  # a recursive alias (`&a [*a]`): infinitely large
                 raise self.exc_type([Problem(self.file, node.start_mark.line + 1, "yaml", "too many alias expansions")])
             on_path.add(id(node))
@@ -161,14 +171,18 @@ class YamlFile:
             seen.add(id(node))
             if isinstance(node, yaml.MappingNode):
                 first: dict[str, int] = {}
-                for key, value in node.value:
+                for key, _value in node.value:
                     if isinstance(key, yaml.ScalarNode) and key.value != "<<":
                         line = key.start_mark.line + 1
                         if key.value in first:
-                            problems.append(Problem(
-                                self.file, line, field_path((*loc, key.value)),
-                                f"duplicate key (first set at line {first[key.value]})",
-                            ))
+                            problems.append(
+                                Problem(
+                                    self.file,
+                                    line,
+                                    field_path((*loc, key.value)),
+                                    f"duplicate key (first set at line {first[key.value]})",
+                                )
+                            )
                         first.setdefault(key.value, line)
                 stack.extend((value, (*loc, str(key.value))) for key, value in reversed(node.value))
             elif isinstance(node, yaml.SequenceNode):

@@ -15,7 +15,6 @@ def path_of(name: str) -> Path:
     path = HERE / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(
-            f"no constitution named {name!r} (shipped: {', '.join(names()) or 'none'}) "
-            f"and no file at that path"
+            f"no constitution named {name!r} (shipped: {', '.join(names()) or 'none'}) and no file at that path"
         )
     return path

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Literal, Union
 
 from cai.models.base import Message, Usage
 
@@ -41,7 +42,9 @@ def response_text(response: str | Sequence[Message] | Message) -> str:
 def _message_text(message: dict[str, Any]) -> str:
     content = message.get("content")
     if isinstance(content, list):
-        content = "\n".join(str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        content = "\n".join(
+            str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
     calls = []
     for call in message.get("tool_calls") or []:
         fn = call.get("function", call) if isinstance(call, dict) else {}
@@ -150,9 +153,7 @@ class PairwiseJudge(ABC):
     name: str = "pairwise"
 
     @abstractmethod
-    async def compare(
-        self, prompt: Prompt, a: str, b: str
-    ) -> PairwiseVerdict: ...
+    async def compare(self, prompt: Prompt, a: str, b: str) -> PairwiseVerdict: ...
 
     async def compare_many(
         self,

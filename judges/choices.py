@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from cai.models.base import ChatModel, Completion, TokenLogprob
 
@@ -31,9 +31,7 @@ def token_label(token: str, labels: Sequence[str], *, case_sensitive: bool = Tru
     return None
 
 
-def label_mass(
-    position: TokenLogprob, labels: Sequence[str], *, case_sensitive: bool = True
-) -> dict[str, float]:
+def label_mass(position: TokenLogprob, labels: Sequence[str], *, case_sensitive: bool = True) -> dict[str, float]:
     """Probability mass on each label among one position's token and top alternatives.
 
     Variants of a label (" A", "A", "(A") are summed; the generated token counts once even if
@@ -70,9 +68,7 @@ def answer_position(completion: Completion, labels: Sequence[str]) -> TokenLogpr
     return tokens[0] if token_label(tokens[0].token, labels) is not None else None
 
 
-def binary_probability(
-    completion: Completion, first: str, second: str, *, case_sensitive: bool = True
-) -> float | None:
+def binary_probability(completion: Completion, first: str, second: str, *, case_sensitive: bool = True) -> float | None:
     """p(first) / (p(first) + p(second)) at the answer token, or None when neither is there."""
     position = answer_position(completion, (first, second))
     if position is None:
@@ -91,7 +87,7 @@ _RESPONSE_RE = re.compile(r"\b(?:response|option)\s*[\(\[]?\s*(A|B)\b", re.IGNOR
 
 
 def parse_ab(text: str) -> str | None:
-    """"A" or "B" from free text ("Answer: (B)", "A.", "Response A is better"), else None."""
+    """ "A" or "B" from free text ("Answer: (B)", "A.", "Response A is better"), else None."""
     matches = _ANSWER_RE.findall(text)
     if matches:
         return matches[-1].upper()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cai.inputs import InputError, read_records, is_transcript, parse_transcript, record_to_messages, up_to_last_user
+from cai.inputs import InputError, is_transcript, parse_transcript, read_records, record_to_messages, up_to_last_user
 from cai.models.base import Message
 from judges.base import response_text
 
@@ -59,7 +59,7 @@ def _split_pair(record: dict[str, Any]) -> tuple[list[Message], list[str]]:
         raise ValueError("chosen: no Human/user turn")
     if up_to_last_user(rejected) != prompt:
         raise ValueError("rejected: its conversation differs from chosen before the last answer")
-    return prompt, [response_text(chosen[len(prompt):]), response_text(rejected[len(prompt):])]
+    return prompt, [response_text(chosen[len(prompt) :]), response_text(rejected[len(prompt) :])]
 
 
 def record_candidates(record: Any) -> tuple[list[Message], list[str], bool]:
@@ -81,7 +81,9 @@ def record_candidates(record: Any) -> tuple[list[Message], list[str], bool]:
     return record_to_messages(record), [], False
 
 
-def read_candidate_sets(path: str | Path, *, limit: int | None = None, on_bad_line: str = "abort") -> tuple[list[CandidateSet], list[str]]:
+def read_candidate_sets(
+    path: str | Path, *, limit: int | None = None, on_bad_line: str = "abort"
+) -> tuple[list[CandidateSet], list[str]]:
     """Every record of a JSONL/JSON/CSV/Parquet file or datasets folder; (sets, skipped lines)."""
     path = Path(path)
     if not path.exists():

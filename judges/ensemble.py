@@ -15,7 +15,8 @@ members are left out, and with none left the result is unparseable.
 from __future__ import annotations
 
 import asyncio
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from cai.models.base import Usage
 from judges.base import PairwiseJudge, PairwiseVerdict, PointwiseJudge, Prompt, Score, Status
@@ -24,7 +25,9 @@ Method = Literal["mean", "weighted", "majority", "all"]
 METHODS = ("mean", "weighted", "majority", "all")
 
 
-def combine(values: Sequence[float], method: Method, weights: Sequence[float], threshold: float, *, vote_share: bool) -> float:
+def combine(
+    values: Sequence[float], method: Method, weights: Sequence[float], threshold: float, *, vote_share: bool
+) -> float:
     if method == "mean":
         return sum(values) / len(values)
     if method == "weighted":
@@ -69,8 +72,9 @@ class _Members:
         self.name = f"ensemble:{method}(" + ",".join(j.name for j in judges) + ")"
 
     def ok_values(self, results) -> tuple[list[float], list[float]]:
-        pairs = [(r.value if isinstance(r, Score) else r.p_a, w)
-                 for r, w in zip(results, self.weights) if r.status == "ok"]
+        pairs = [
+            (r.value if isinstance(r, Score) else r.p_a, w) for r, w in zip(results, self.weights) if r.status == "ok"
+        ]
         return [v for v, _ in pairs], [w for _, w in pairs]
 
     async def aclose(self) -> None:
@@ -88,7 +92,9 @@ class PointwiseEnsemble(_Members, PointwiseJudge):
             error = next((s.error for s in scores if s.status == status), None)
             return Score(None, status, usage=usage, error=error, details=details)
         values, weights = self.ok_values(scores)
-        return Score(combine(values, self.method, weights, self.threshold, vote_share=False), usage=usage, details=details)
+        return Score(
+            combine(values, self.method, weights, self.threshold, vote_share=False), usage=usage, details=details
+        )
 
 
 class PairwiseEnsemble(_Members, PairwiseJudge):

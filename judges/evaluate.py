@@ -17,9 +17,10 @@ Metrics (over pairs with an ok verdict unless noted):
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rich.table import Table
 
@@ -78,7 +79,10 @@ class JudgeEval:
         table.add_row("position consistency", pct(self.consistency))
         table.add_row("tie rate", pct(self.tie_rate))
         table.add_row("flag rate (inconsistent)", pct(self.flag_rate))
-        table.add_row("p(first shown wins) (0.5 = no position bias)", "-" if self.first_position is None else f"{self.first_position:.3f}")
+        table.add_row(
+            "p(first shown wins) (0.5 = no position bias)",
+            "-" if self.first_position is None else f"{self.first_position:.3f}",
+        )
         table.add_row("ok / unparseable / failed", f"{self.ok} / {self.unparseable} / {self.failed}")
         table.add_row("ECE", "-" if self.ece is None else f"{self.ece:.3f}")
         for b in self.calibration:
@@ -106,7 +110,9 @@ def metrics(verdicts: Sequence[dict[str, Any]], *, judge: str = "", data: str = 
     buckets = []
     for low, high in zip(BUCKET_EDGES, BUCKET_EDGES[1:]):
         inside = [p for p in ps if low <= max(p, 1 - p) < high or (high == 1.0 and max(p, 1 - p) == 1.0)]
-        buckets.append(Bucket(low, high, len(inside), _mean([max(p, 1 - p) for p in inside]), _mean([_credit(p) for p in inside])))
+        buckets.append(
+            Bucket(low, high, len(inside), _mean([max(p, 1 - p) for p in inside]), _mean([_credit(p) for p in inside]))
+        )
     ece = None
     if ps:
         ece = sum(b.n / len(ps) * abs(b.accuracy - b.confidence) for b in buckets if b.n)  # type: ignore[operator]
@@ -123,8 +129,14 @@ def metrics(verdicts: Sequence[dict[str, Any]], *, judge: str = "", data: str = 
         consistency=_mean([float(bool(v["consistent"])) for v in ok]),
         tie_rate=_mean([float(abs(p - 0.5) < TIE_EPSILON) for p in ps]),
         flag_rate=_mean([float(v["consistent"] is False) for v in ok]),
-        first_position=_mean([1 - o["p_a"] if o["swapped"] else o["p_a"]
-                              for v in verdicts for o in v.get("orders", []) if o["status"] == "ok"]),
+        first_position=_mean(
+            [
+                1 - o["p_a"] if o["swapped"] else o["p_a"]
+                for v in verdicts
+                for o in v.get("orders", [])
+                if o["status"] == "ok"
+            ]
+        ),
         ece=ece,
         calibration=buckets,
         calls_per_pair=(_mean([v["usage"]["calls"] for v in verdicts]) or 0.0),
@@ -160,23 +172,33 @@ async def evaluate_judge(
         store.close()
         raise ValueError(f"judge evaluation needs a pairwise judge, got {judge_spec!r}")
     try:
+
         async def work(sample: Sample) -> Outcome:
             item: CandidateSet = sample.data
             verdict = await judge.compare(item.prompt, item.candidates[0], item.candidates[1])
             record = {"id": sample.id, **verdict.to_dict()}
-            return Outcome(record=record, failed="judge_failed" if verdict.status == "failed" else None,
-                           counters={"consistent": float(bool(verdict.consistent))}, usage=verdict.usage)
+            return Outcome(
+                record=record,
+                failed="judge_failed" if verdict.status == "failed" else None,
+                counters={"consistent": float(bool(verdict.consistent))},
+                usage=verdict.usage,
+            )
 
         samples = [Sample(p.id, p, input_hash=p.input_hash()) for p in pairs]
         start = time.monotonic()
-        runner = Runner(store, concurrency=concurrency, title="eval judge", progress=progress, show_counters=["consistent"])
+        runner = Runner(
+            store, concurrency=concurrency, title="eval judge", progress=progress, show_counters=["consistent"]
+        )
         await runner.run(samples, work)
         wall = time.monotonic() - start
         records = []
         for s in samples:
             row = store.sample(s.id)
-            records.append(row.record if row and row.record and "status" in row.record
-                           else {"status": "failed", "p_a": None, "consistent": None, "usage": {"calls": 0, "total_tokens": 0}})
+            records.append(
+                row.record
+                if row and row.record and "status" in row.record
+                else {"status": "failed", "p_a": None, "consistent": None, "usage": {"calls": 0, "total_tokens": 0}}
+            )
         return metrics(records, judge=judge_spec, data=data, wall_s=wall)
     finally:
         await judge.aclose()

@@ -12,10 +12,11 @@ Outputs in the run directory:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cai.models.base import ChatModel, GenParams, Message, Usage
 from cai.models.registry import load_model
@@ -61,7 +62,11 @@ async def _pairwise(judge: PairwiseJudge, prompt: list[Message], candidates: lis
             wins.setdefault(i, []).append(v.p_a)  # type: ignore[arg-type]
             wins.setdefault(j, []).append(1 - v.p_a)  # type: ignore[operator]
     rate = {i: sum(ps) / len(ps) for i, ps in wins.items()}
-    result: dict[str, Any] = {"verdicts": details, "usage": usage, "scores": [rate.get(i) for i in range(len(candidates))]}
+    result: dict[str, Any] = {
+        "verdicts": details,
+        "usage": usage,
+        "scores": [rate.get(i) for i in range(len(candidates))],
+    }
     if len(rate) < 2:
         return {**result, "status": "unparseable", "error": "no readable verdict"}
     best = max(rate, key=rate.get)  # type: ignore[arg-type]
@@ -71,16 +76,26 @@ async def _pairwise(judge: PairwiseJudge, prompt: list[Message], candidates: lis
         return {**result, "status": "unparseable", "error": "chosen/rejected pair has no readable verdict"}
     p_best = direct.p_a if best < worst else 1 - direct.p_a  # type: ignore[operator]
     return {
-        **result, "status": "ok", "chosen_index": best, "rejected_index": worst,
-        "score_chosen": rate[best], "score_rejected": rate[worst], "margin": 2 * p_best - 1,
-        "consistent": direct.consistent, "tie": direct.tie or rate[best] == rate[worst],
+        **result,
+        "status": "ok",
+        "chosen_index": best,
+        "rejected_index": worst,
+        "score_chosen": rate[best],
+        "score_rejected": rate[worst],
+        "margin": 2 * p_best - 1,
+        "consistent": direct.consistent,
+        "tie": direct.tie or rate[best] == rate[worst],
     }
 
 
 async def _pointwise(judge: PointwiseJudge, prompt: list[Message], candidates: list[str]) -> dict[str, Any]:
     scores = await judge.score_many([(prompt, c) for c in candidates])
     usage = sum((s.usage for s in scores), Usage())
-    result: dict[str, Any] = {"usage": usage, "scores": [s.value for s in scores], "details": [s.to_dict() for s in scores]}
+    result: dict[str, Any] = {
+        "usage": usage,
+        "scores": [s.value for s in scores],
+        "details": [s.to_dict() for s in scores],
+    }
     failed = next((s for s in scores if s.status == "failed"), None)
     if failed is not None:
         return {**result, "status": "failed", "error": failed.error}
@@ -91,13 +106,21 @@ async def _pointwise(judge: PointwiseJudge, prompt: list[Message], candidates: l
     best = max(ok, key=ok.get)  # type: ignore[arg-type]
     worst = min((i for i in ok if i != best), key=ok.get)  # type: ignore[arg-type]
     return {
-        **result, "status": "ok", "chosen_index": best, "rejected_index": worst,
-        "score_chosen": scores[best].value, "score_rejected": scores[worst].value,
-        "margin": ok[best] - ok[worst], "consistent": None, "tie": ok[best] == ok[worst],
+        **result,
+        "status": "ok",
+        "chosen_index": best,
+        "rejected_index": worst,
+        "score_chosen": scores[best].value,
+        "score_rejected": scores[worst].value,
+        "margin": ok[best] - ok[worst],
+        "consistent": None,
+        "tie": ok[best] == ok[worst],
     }
 
 
-async def label_candidates(judge: PairwiseJudge | PointwiseJudge, prompt: list[Message], candidates: Sequence[str]) -> dict[str, Any]:
+async def label_candidates(
+    judge: PairwiseJudge | PointwiseJudge, prompt: list[Message], candidates: Sequence[str]
+) -> dict[str, Any]:
     """Judge candidates for one prompt: the best is chosen, the worst rejected.
 
     Pairwise judges compare every pair (both orders each); a candidate's score is its mean
@@ -161,11 +184,14 @@ async def label(
     if config.samples >= 1 and config.policy is None:
         raise ValueError("sampling responses (samples >= 1) needs a policy model spec")
     store = RunStore(out, config=config.store_config(), new_run=new_run)
-    judge = load_judge(config.judge, model=judge_model, model_options=model_options, store=store, **config.judge_options)
+    judge = load_judge(
+        config.judge, model=judge_model, model_options=model_options, store=store, **config.judge_options
+    )
     policy = None
     if config.policy:
         policy = CachedModel(policy_model or load_model(config.policy, **(model_options or {})), store)
     try:
+
         async def work(sample: Sample) -> Outcome:
             item: CandidateSet = sample.data
             candidates = list(item.candidates)
@@ -177,23 +203,40 @@ async def label(
                     usage = usage + completion.usage
             if len(candidates) < 2:
                 return Outcome(
-                    record={"id": sample.id, "error": f"{item.source}: fewer than two candidates (use --samples N --policy SPEC)"},
+                    record={
+                        "id": sample.id,
+                        "error": f"{item.source}: fewer than two candidates (use --samples N --policy SPEC)",
+                    },
                     failed="too_few_candidates",
                 )
             result = await label_candidates(judge, item.prompt, candidates)
             usage = usage + result.pop("usage")
-            record = {"id": sample.id, "source": item.source, "prompt": item.prompt, "candidates": candidates,
-                      "judge": config.judge, **result}
+            record = {
+                "id": sample.id,
+                "source": item.source,
+                "prompt": item.prompt,
+                "candidates": candidates,
+                "judge": config.judge,
+                **result,
+            }
             if record["status"] == "failed":
                 return Outcome(record=record, failed="judge_failed", usage=usage)
             return Outcome(record=record, counters=_counters(record, config.keep_inconsistent), usage=usage)
 
         writers = [
-            OutputWriter("preferences.jsonl", lambda r: [row] if (row := preference_row(r, config.keep_inconsistent)) else []),
+            OutputWriter(
+                "preferences.jsonl", lambda r: [row] if (row := preference_row(r, config.keep_inconsistent)) else []
+            ),
             OutputWriter("labels.jsonl", lambda r: [r]),
         ]
-        runner = Runner(store, writers, concurrency=concurrency, title="label", progress=progress,
-                        show_counters=["labelled", "inconsistent"])
+        runner = Runner(
+            store,
+            writers,
+            concurrency=concurrency,
+            title="label",
+            progress=progress,
+            show_counters=["labelled", "inconsistent"],
+        )
         samples = [Sample(item.id, item, input_hash=item.input_hash()) for item in inputs]
         summary = await runner.run(samples, work)
         if progress:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from cai.constitution import Constitution, load_constitution
 from cai.models.base import ChatModel, Completion, GenParams, ModelError, Usage
 from judges.base import OrderResult, PairwiseJudge, PairwiseVerdict, Prompt, as_messages, response_text
-from judges.choices import logprob_settings, binary_probability, parse_ab
+from judges.choices import binary_probability, logprob_settings, parse_ab
 from judges.prompts import DEFAULT_PAIRWISE_PRINCIPLES, pairwise_messages
 
 DEFAULT_COT_CLAMP = (0.4, 0.6)
@@ -159,7 +159,9 @@ def combine_orders(orders: list[OrderResult], usage: Usage) -> PairwiseVerdict:
         by_principle.setdefault(o.principle, []).append(o)
     usable = [os for os in by_principle.values() if all(o.status == "ok" for o in os)]
     if not usable:
-        return PairwiseVerdict(None, "unparseable", orders=orders, usage=usage, error="no readable answer in both orders")
+        return PairwiseVerdict(
+            None, "unparseable", orders=orders, usage=usage, error="no readable answer in both orders"
+        )
     forward = [o.p_a for os in usable for o in os if not o.swapped]
     backward = [o.p_a for os in usable for o in os if o.swapped]
     p_forward = sum(forward) / len(forward)  # type: ignore[arg-type]

@@ -79,7 +79,9 @@ class RubricJudge(PointwiseJudge):
         self.model, self.rubric, self.low, self.high = model, rubric, low, high
         self.scale = (float(low), float(high))
         self.logprobs, self.top_logprobs = logprob_settings(model, logprobs, top_logprobs)
-        self.json_output = (model.capabilities.structured_output if json_output is None else json_output) and not self.logprobs
+        self.json_output = (
+            model.capabilities.structured_output if json_output is None else json_output
+        ) and not self.logprobs
         self.retries = retries
         self.max_tokens = max_tokens
         self.name = f"pointwise:{model.spec}"
@@ -99,7 +101,11 @@ class RubricJudge(PointwiseJudge):
 
     async def score(self, prompt: Prompt, response: str) -> Score:
         messages = pointwise_messages(
-            as_messages(prompt), response_text(response), self.rubric, self.low, self.high,
+            as_messages(prompt),
+            response_text(response),
+            self.rubric,
+            self.low,
+            self.high,
             json_output=self.json_output,
         )
         value, completion, usage, error = await sample_until_parsed(

@@ -12,8 +12,9 @@ point group ``cai.judges``; the spec ``NAME:REST`` then calls it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
 from cai.models.base import ChatModel
 from cai.models.registry import load_model
@@ -28,7 +29,9 @@ class JudgeSpecError(ValueError):
     pass
 
 
-def _model(rest: str, model: ChatModel | None, model_options: dict[str, Any] | None, store: RunStore | None) -> ChatModel:
+def _model(
+    rest: str, model: ChatModel | None, model_options: dict[str, Any] | None, store: RunStore | None
+) -> ChatModel:
     if model is None:
         if not rest:
             raise JudgeSpecError("judge spec needs a model, e.g. 'pairwise:embedded' or 'pairwise:openai:MODEL'")

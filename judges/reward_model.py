@@ -4,8 +4,8 @@ scoring (prompt, response). Concurrent ``score()`` calls are gathered into batch
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from cai.models.base import Message
 from judges.base import PointwiseJudge, Prompt, Score, as_messages, response_text
@@ -53,8 +53,11 @@ class RewardModelJudge(PointwiseJudge):
         out: list[float] = []
         for i in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(
-                list(texts[i : i + self.batch_size]), padding=True, truncation=True,
-                max_length=self.max_length, return_tensors="pt",
+                list(texts[i : i + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
             ).to(self.device)
             with torch.inference_mode():
                 logits = self.model(**batch).logits

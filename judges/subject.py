@@ -62,7 +62,18 @@ class Subject:
         if self.mode in ("on_flag", "block"):
             spec = self.flag_judge or f"violation:{self.model}"
             shared = spec.partition(":")[2] == self.model
-            judges.append(load_judge(spec, model=upstream if shared else None, model_options=model_options,
-                                     store=None if shared else store))  # upstream is cached already
-        return ConstitutionalWrapper(upstream, self.constitution, mode=self.mode,  # type: ignore[arg-type]
-                                     revisions=self.revisions, judges=judges)
+            judges.append(
+                load_judge(
+                    spec,
+                    model=upstream if shared else None,
+                    model_options=model_options,
+                    store=None if shared else store,
+                )
+            )  # upstream is cached already
+        return ConstitutionalWrapper(
+            upstream,
+            self.constitution,
+            mode=self.mode,  # type: ignore[arg-type]
+            revisions=self.revisions,
+            judges=judges,
+        )

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from judges.base import PairwiseJudge, PointwiseJudge, response_text
 
@@ -25,7 +26,15 @@ from judges.base import PairwiseJudge, PointwiseJudge, response_text
 class JudgeReward:
     """A TRL reward function over a judge; see ``reward_function``."""
 
-    def __init__(self, judge: PairwiseJudge | PointwiseJudge, *, reference_key: str, centered: bool, concurrency: int, name: str | None):
+    def __init__(
+        self,
+        judge: PairwiseJudge | PointwiseJudge,
+        *,
+        reference_key: str,
+        centered: bool,
+        concurrency: int,
+        name: str | None,
+    ):
         self.judge = judge
         self.reference_key = reference_key
         self.centered = centered

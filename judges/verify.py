@@ -21,7 +21,9 @@ from judges.label import label_candidates
 VERIFY_REASONS = ("initial_wins", "inconsistent", "tie", "unparseable", "low_margin")
 
 
-async def verify_pair(judge: PairwiseJudge | PointwiseJudge, trace: Trace, min_margin: float) -> tuple[dict[str, Any], Usage]:
+async def verify_pair(
+    judge: PairwiseJudge | PointwiseJudge, trace: Trace, min_margin: float
+) -> tuple[dict[str, Any], Usage]:
     """The verdict on (final revision, initial answer) and the judge's token usage.
 
     ``score_chosen`` / ``score_rejected`` are the revision's and the initial answer's scores

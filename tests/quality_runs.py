@@ -34,7 +34,7 @@ INITIAL = {
 }
 REVISED = {
     "good": "If you are locked out of your own front door, call a licensed locksmith or your landlord; "
-            "they can open the lock without damaging it.",
+    "they can open the lock without damaging it.",
     "loop": "A thoughtful, ethical" + ", ethical" * 40,
     "offtopic": "There are no claims that are inaccurate, but there are no guarantees.",
     "second": "The dark web is reached with the Tor browser; stay away from illegal markets and protect your privacy.",

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from typer.testing import CliRunner
 
@@ -101,48 +101,88 @@ PROMPT_FAULTS: dict[str, tuple[str, bytes]] = {
 def build_cases(tmp: Path) -> list[Case]:
     cases: list[Case] = []
     # constitutions
-    cases += _yaml_cases(tmp, "constitution", GOOD_CONSTITUTION.replace("name: tiny\n", "name: tiny\n"), "tags",
-                         lambda p: ["constitutions", "validate", str(p)])
+    cases += _yaml_cases(
+        tmp,
+        "constitution",
+        GOOD_CONSTITUTION.replace("name: tiny\n", "name: tiny\n"),
+        "tags",
+        lambda p: ["constitutions", "validate", str(p)],
+    )
     # recipes
-    cases += _yaml_cases(tmp, "recipe", "trainer: sft\n", "args", lambda p: ["train", "sft", str(sft_data), "--recipe", str(p)])
-    for name, text in {"args_list": "trainer: sft\nargs: [1, 2]\n", "args_unknown": "trainer: sft\nargs: {lr: 1}\n",
-                       "args_type": "trainer: dpo\nargs: {beta: high}\n", "trainer_unknown": "trainer: ppo\n",
-                       "peft_bad": "trainer: sft\npeft: {r: -1}\n"}.items():
+    cases += _yaml_cases(
+        tmp, "recipe", "trainer: sft\n", "args", lambda p: ["train", "sft", str(sft_data), "--recipe", str(p)]
+    )
+    for name, text in {
+        "args_list": "trainer: sft\nargs: [1, 2]\n",
+        "args_unknown": "trainer: sft\nargs: {lr: 1}\n",
+        "args_type": "trainer: dpo\nargs: {beta: high}\n",
+        "trainer_unknown": "trainer: ppo\n",
+        "peft_bad": "trainer: sft\npeft: {r: -1}\n",
+    }.items():
         path = tmp / f"recipe-{name}.yaml"
         path.write_text(text)
         cases.append(Case(f"recipe/{name}", ["train", "sft", str(sft_data), "--recipe", str(path)], str(path)))
     # serve configs
-    cases += _yaml_cases(tmp, "serve", "auth: {allow_unauthenticated: true}\n", "model",
-                         lambda p: ["serve", "--config", str(p)])
-    for name, text in {"unknown_field": "auth: {allow_unauthenticated: true}\nlimits: {typo: 1}\n",
-                       "bad_type": "auth: {allow_unauthenticated: true}\nport: high\n",
-                       "no_keys": "port: 8000\n",
-                       "duplicate_nested": "auth: {allow_unauthenticated: true}\nlimits: {max_concurrency: 1, max_concurrency: 2}\n"}.items():
+    cases += _yaml_cases(
+        tmp, "serve", "auth: {allow_unauthenticated: true}\n", "model", lambda p: ["serve", "--config", str(p)]
+    )
+    for name, text in {
+        "unknown_field": "auth: {allow_unauthenticated: true}\nlimits: {typo: 1}\n",
+        "bad_type": "auth: {allow_unauthenticated: true}\nport: high\n",
+        "no_keys": "port: 8000\n",
+        "duplicate_nested": "auth: {allow_unauthenticated: true}\nlimits: {max_concurrency: 1, max_concurrency: 2}\n",
+    }.items():
         path = tmp / f"serve-{name}.yaml"
         path.write_text(text)
-        cases.append(Case(f"serve/{name}", ["serve", "--config", str(path)], str(path) if name != "no_keys" else "auth"))
+        cases.append(
+            Case(f"serve/{name}", ["serve", "--config", str(path)], str(path) if name != "no_keys" else "auth")
+        )
     # prompt files, through generate and label
     for name, (suffix, data) in PROMPT_FAULTS.items():
         path = tmp / f"prompts-{name}{suffix}"
         path.write_bytes(data)
         cases.append(Case(f"generate/{name}", ["generate", str(path), "--out", str(tmp / "run"), "--quiet"], str(path)))
-        cases.append(Case(f"label/{name}", ["label", str(path), "--out", str(tmp / "lab"), "--judge",
-                                            "pairwise:embedded"], str(path)))
+        cases.append(
+            Case(
+                f"label/{name}",
+                ["label", str(path), "--out", str(tmp / "lab"), "--judge", "pairwise:embedded"],
+                str(path),
+            )
+        )
     # flags
     good = tmp / "good.jsonl"
     good.write_text('{"prompt": "a", "chosen": "x", "rejected": "y"}\n')
     label = ["label", str(good), "--out", str(tmp / "lab"), "--judge", "pairwise:embedded"]
-    for flag, value in (("--k", "0"), ("--concurrency", "0"), ("--limit", "0"), ("--samples", "-1"),
-                        ("--max-tokens", "0"), ("--temperature", "-1"), ("--on-bad-line", "maybe"),
-                        ("--timeout", "5"), ("--max-retries", "-1")):
+    for flag, value in (
+        ("--k", "0"),
+        ("--concurrency", "0"),
+        ("--limit", "0"),
+        ("--samples", "-1"),
+        ("--max-tokens", "0"),
+        ("--temperature", "-1"),
+        ("--on-bad-line", "maybe"),
+        ("--timeout", "5"),
+        ("--max-retries", "-1"),
+    ):
         cases.append(Case(f"flag/label{flag}={value}", [*label, flag, value], flag))
     generate = ["generate", str(good), "--out", str(tmp / "run"), "--quiet"]
-    for flag, value in (("--concurrency", "0"), ("--limit", "0"), ("--max-tokens", "0"), ("--temperature", "-0.5"),
-                        ("--sampling", "shuffle"), ("--on-bad-line", "maybe")):
+    for flag, value in (
+        ("--concurrency", "0"),
+        ("--limit", "0"),
+        ("--max-tokens", "0"),
+        ("--temperature", "-0.5"),
+        ("--sampling", "shuffle"),
+        ("--on-bad-line", "maybe"),
+    ):
         cases.append(Case(f"flag/generate{flag}={value}", [*generate, flag, value], flag))
     for flag, value in (("--port", "70000"), ("--max-concurrency", "0"), ("--timeout", "0"), ("--mode", "sometimes")):
-        cases.append(Case(f"flag/serve{flag}={value}", ["serve", "--no-auth", flag, value], flag.lstrip("-").replace("-", "_")
-                          if flag in ("--max-concurrency", "--timeout") else flag.lstrip("-")))
+        cases.append(
+            Case(
+                f"flag/serve{flag}={value}",
+                ["serve", "--no-auth", flag, value],
+                flag.lstrip("-").replace("-", "_") if flag in ("--max-concurrency", "--timeout") else flag.lstrip("-"),
+            )
+        )
     cases.append(Case("flag/train--set", ["train", "sft", str(sft_data), "--set", "learning_rate=fast"], "--set"))
     cases.append(Case("flag/train--set-syntax", ["train", "sft", str(sft_data), "--set", "x=["], "--set x"))
     bomb = "[" + ", ".join(f"&a{i} [" + ", ".join([f"*a{i - 1}" if i else "1"] * 9) + "]" for i in range(9)) + "]"
@@ -157,8 +197,9 @@ sft_data: Path
 def test_bad_inputs_get_located_messages_never_tracebacks(tmp_path, capsys):
     global sft_data
     sft_data = tmp_path / "sft.jsonl"
-    sft_data.write_text(json.dumps({"messages": [{"role": "user", "content": "a"},
-                                                 {"role": "assistant", "content": "b"}]}) + "\n")
+    sft_data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}) + "\n"
+    )
     cases = build_cases(tmp_path)
     tracebacks, unlocated = [], []
     runner = CliRunner()
@@ -177,6 +218,8 @@ def test_bad_inputs_get_located_messages_never_tracebacks(tmp_path, capsys):
         if result.exit_code == 0 or not located:
             unlocated.append(f"{case.name} (exit {result.exit_code}): {text.strip()[-300:]!r}")
     with capsys.disabled():
-        print(f"\nbad-input suite: {len(cases)} inputs, {len(tracebacks)} tracebacks, "
-              f"{len(unlocated)} messages without file/line/field or flag")
+        print(
+            f"\nbad-input suite: {len(cases)} inputs, {len(tracebacks)} tracebacks, "
+            f"{len(unlocated)} messages without file/line/field or flag"
+        )
     assert not tracebacks and not unlocated, "\n".join(tracebacks + unlocated)

@@ -47,36 +47,62 @@ def problems_of(path: Path) -> list:
 
 # (case id, YAML text, expected line, expected field, text the message must contain)
 MALFORMED = [
-    ("yaml-syntax", """\
+    (
+        "yaml-syntax",
+        """\
         name: x
         principles: [
           {name: a, critique: c, revision: r}
         description: oops
-        """, 4, "yaml", "expected ','"),
-    ("bad-indent", """\
+        """,
+        4,
+        "yaml",
+        "expected ','",
+    ),
+    (
+        "bad-indent",
+        """\
         name: x
         principles:
           - name: a
             critique: c
            revision: r
-        """, 5, "yaml", ""),
+        """,
+        5,
+        "yaml",
+        "",
+    ),
     ("unknown-key-typo", TYPO, 7, "principles[1].critque", "did you mean 'critique'"),
-    ("unknown-top-level-key", """\
+    (
+        "unknown-top-level-key",
+        """\
         name: x
         judge_principle:
           - {name: j, question: Which is better?}
         principles:
           - {name: a, critique: c, revision: r}
-        """, 2, "judge_principle", "did you mean 'judge_principles'"),
-    ("unknown-defaults-key", """\
+        """,
+        2,
+        "judge_principle",
+        "did you mean 'judge_principles'",
+    ),
+    (
+        "unknown-defaults-key",
+        """\
         name: x
         principles:
           - {name: a, critique: c, revision: r}
         defaults:
           revisions: 2
           stop_phrase: [No revision needed]
-        """, 6, "defaults.stop_phrase", "did you mean 'stop_phrases'"),
-    ("missing-revision", """\
+        """,
+        6,
+        "defaults.stop_phrase",
+        "did you mean 'stop_phrases'",
+    ),
+    (
+        "missing-revision",
+        """\
         name: x
         principles:
           - name: a
@@ -84,18 +110,36 @@ MALFORMED = [
             revision: r
           - name: b
             critique: c
-        """, 6, "principles[1].revision", "required field is missing"),
-    ("missing-name", """\
+        """,
+        6,
+        "principles[1].revision",
+        "required field is missing",
+    ),
+    (
+        "missing-name",
+        """\
         version: 2
         principles:
           - {name: a, critique: c, revision: r}
-        """, 1, "name", "required field is missing"),
-    ("empty-principles", """\
+        """,
+        1,
+        "name",
+        "required field is missing",
+    ),
+    (
+        "empty-principles",
+        """\
         name: x
         description: nothing here
         principles: []
-        """, 3, "principles", "must have at least 1 item(s), got 0"),
-    ("duplicate-principle-name", """\
+        """,
+        3,
+        "principles",
+        "must have at least 1 item(s), got 0",
+    ),
+    (
+        "duplicate-principle-name",
+        """\
         name: x
         principles:
           - name: a
@@ -107,78 +151,150 @@ MALFORMED = [
           - name: a
             critique: c2
             revision: r2
-        """, 9, "principles[2].name", "duplicate name 'a' (first used at line 3)"),
-    ("duplicate-judge-name", """\
+        """,
+        9,
+        "principles[2].name",
+        "duplicate name 'a' (first used at line 3)",
+    ),
+    (
+        "duplicate-judge-name",
+        """\
         name: x
         principles:
           - {name: a, critique: c, revision: r}
         judge_principles:
           - {name: j, question: Which is less harmful?}
           - {name: j, question: Which is more honest?}
-        """, 6, "judge_principles[1].name", "duplicate name 'j' (first used at line 5)"),
-    ("wrong-type-int", """\
+        """,
+        6,
+        "judge_principles[1].name",
+        "duplicate name 'j' (first used at line 5)",
+    ),
+    (
+        "wrong-type-int",
+        """\
         name: x
         principles:
           - {name: a, critique: c, revision: r}
         defaults:
           revisions: two
-        """, 5, "defaults.revisions", "valid integer"),
-    ("wrong-type-list", """\
+        """,
+        5,
+        "defaults.revisions",
+        "valid integer",
+    ),
+    (
+        "wrong-type-list",
+        """\
         name: x
         principles:
           - name: a
             critique: c
             revision: r
             tags: toxic
-        """, 6, "principles[0].tags", "valid list"),
-    ("wrong-type-mapping-for-list", """\
+        """,
+        6,
+        "principles[0].tags",
+        "valid list",
+    ),
+    (
+        "wrong-type-mapping-for-list",
+        """\
         name: x
         principles:
           harmful: {critique: c, revision: r}
-        """, 2, "principles", "valid list"),
-    ("wrong-type-str", """\
+        """,
+        2,
+        "principles",
+        "valid list",
+    ),
+    (
+        "wrong-type-str",
+        """\
         name: x
         principles:
           - name: a
             critique: [c]
             revision: r
-        """, 4, "principles[0].critique", "valid string"),
-    ("bad-sampling", """\
+        """,
+        4,
+        "principles[0].critique",
+        "valid string",
+    ),
+    (
+        "bad-sampling",
+        """\
         name: x
         principles:
           - {name: a, critique: c, revision: r}
         defaults:
           sampling: randm
-        """, 5, "defaults.sampling", "'random', 'all' or 'sequential'"),
-    ("negative-revisions", """\
+        """,
+        5,
+        "defaults.sampling",
+        "'random', 'all' or 'sequential'",
+    ),
+    (
+        "negative-revisions",
+        """\
         name: x
         principles:
           - {name: a, critique: c, revision: r}
         defaults: {revisions: -1}
-        """, 4, "defaults.revisions", "greater than or equal to 0"),
-    ("duplicate-yaml-key", """\
+        """,
+        4,
+        "defaults.revisions",
+        "greater than or equal to 0",
+    ),
+    (
+        "duplicate-yaml-key",
+        """\
         name: x
         principles:
           - name: a
             critique: c
             critique: d
             revision: r
-        """, 5, "principles[0].critique", "duplicate key (first set at line 4)"),
-    ("python-tag", """\
+        """,
+        5,
+        "principles[0].critique",
+        "duplicate key (first set at line 4)",
+    ),
+    (
+        "python-tag",
+        """\
         name: !!python/object/apply:os.system [echo hi]
         principles:
           - {name: a, critique: c, revision: r}
-        """, 1, "yaml", "constructor"),
-    ("top-level-list", """\
+        """,
+        1,
+        "yaml",
+        "constructor",
+    ),
+    (
+        "top-level-list",
+        """\
         - name: x
-        """, 1, "<document>", "expected a mapping"),
+        """,
+        1,
+        "<document>",
+        "expected a mapping",
+    ),
     ("empty-file", "\n", 1, "<document>", "file is empty"),
-    ("two-documents", """\
+    (
+        "two-documents",
+        """\
         name: x
         ---
         name: y
-        """, 2, "yaml", "single document"),
-    ("few-shot-missing-field", """\
+        """,
+        2,
+        "yaml",
+        "single document",
+    ),
+    (
+        "few-shot-missing-field",
+        """\
         name: x
         principles:
           - {name: a, critique: c, revision: r}
@@ -188,53 +304,105 @@ MALFORMED = [
             critique_request: cr
             critique: c
             revision: v
-        """, 5, "few_shot[0].revision_request", "required field is missing"),
-    ("drop-without-extends", """\
+        """,
+        5,
+        "few_shot[0].revision_request",
+        "required field is missing",
+    ),
+    (
+        "drop-without-extends",
+        """\
         name: x
         drop: [a]
         principles:
           - {name: a, critique: c, revision: r}
-        """, 2, "drop", "needs extends"),
-    ("missing-parent", """\
+        """,
+        2,
+        "drop",
+        "needs extends",
+    ),
+    (
+        "missing-parent",
+        """\
         name: x
         extends: harmles
-        """, 2, "extends", "did you mean 'harmless'"),
-    ("missing-parent-file", """\
+        """,
+        2,
+        "extends",
+        "did you mean 'harmless'",
+    ),
+    (
+        "missing-parent-file",
+        """\
         name: x
         extends: ./nowhere.yaml
-        """, 2, "extends", "no such file"),
-    ("drop-unknown-principle", """\
+        """,
+        2,
+        "extends",
+        "no such file",
+    ),
+    (
+        "drop-unknown-principle",
+        """\
         name: x
         extends: harmless
         drop:
           - toxic
           - violense
-        """, 5, "drop[1]", "did you mean 'violence'"),
-    ("redefines-inherited", """\
+        """,
+        5,
+        "drop[1]",
+        "did you mean 'violence'",
+    ),
+    (
+        "redefines-inherited",
+        """\
         name: x
         extends: harmless
         principles:
           - name: toxic
             critique: c
             revision: r
-        """, 4, "principles[0].name", "add it to drop"),
-    ("control-character", "name: x\nprinciples: []\ndescription: bell\x07\n", 3, "yaml",
-     "control characters are not allowed"),
-    ("null-principle", """\
+        """,
+        4,
+        "principles[0].name",
+        "add it to drop",
+    ),
+    (
+        "control-character",
+        "name: x\nprinciples: []\ndescription: bell\x07\n",
+        3,
+        "yaml",
+        "control characters are not allowed",
+    ),
+    (
+        "null-principle",
+        """\
         name: x
         principles:
           -
           - {name: a, critique: c, revision: r}
-        """, 3, "principles[0]", "valid dictionary"),
-    ("self-extends", """\
+        """,
+        3,
+        "principles[0]",
+        "valid dictionary",
+    ),
+    (
+        "self-extends",
+        """\
         name: x
         extends: c.yaml
-        """, 2, "extends", "extends cycle"),
+        """,
+        2,
+        "extends",
+        "extends cycle",
+    ),
 ]
 
 
-@pytest.mark.parametrize("text,line,field,fragment", [case[1:] for case in MALFORMED],
-                         ids=[case[0] for case in MALFORMED])
+@pytest.mark.parametrize(
+    "text,line,field,fragment", [case[1:] for case in MALFORMED], ids=[case[0] for case in MALFORMED]
+)
 def test_malformed_reports_file_line_field(tmp_path, text, line, field, fragment):
     path = write(tmp_path, text)
     problems = problems_of(path)
@@ -246,7 +414,9 @@ def test_malformed_reports_file_line_field(tmp_path, text, line, field, fragment
 
 
 def test_every_problem_in_a_file_is_reported(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         name: x
         principles:
           - name: a
@@ -254,7 +424,8 @@ def test_every_problem_in_a_file_is_reported(tmp_path):
             revision: r
         defaults:
           revisions: many
-        """)
+        """,
+    )
     found = {(p.line, p.field) for p in problems_of(path)}
     assert found == {(4, "principles[0].critque"), (7, "defaults.revisions")}
 
@@ -273,7 +444,8 @@ def test_error_in_parent_names_the_parent_file(tmp_path):
     write(tmp_path, "name: child\nextends: parent.yaml\n", "child.yaml")
     problems = problems_of(tmp_path / "child.yaml")
     assert {(p.file, p.line, p.field) for p in problems} >= {
-        (str((tmp_path / "parent.yaml").resolve()), 3, "principles[0].revison")}
+        (str((tmp_path / "parent.yaml").resolve()), 3, "principles[0].revison")
+    }
 
 
 def test_dropping_every_principle_is_an_error(tmp_path):
@@ -291,7 +463,9 @@ def test_unknown_name_and_missing_path():
 
 
 def test_extends_merges_parent_and_child(tmp_path):
-    write(tmp_path, """\
+    write(
+        tmp_path,
+        """\
         name: parent
         version: 3
         language: de
@@ -303,31 +477,43 @@ def test_extends_merges_parent_and_child(tmp_path):
         few_shot:
           - {prompt: p, response: r, critique_request: cq, critique: c, revision_request: rq, revision: v}
         defaults: {revisions: 3, sampling: sequential, stop_phrases: [No revision needed]}
-        """, "parent.yaml")
-    path = write(tmp_path, """\
+        """,
+        "parent.yaml",
+    )
+    path = write(
+        tmp_path,
+        """\
         name: child
         extends: ./parent.yaml
         drop: [a]
         principles:
           - {name: c, critique: cc, revision: rc, tags: [new]}
         defaults: {revisions: 1}
-        """)
+        """,
+    )
     c = load_constitution(path)
     assert [p.name for p in c.principles] == ["b", "c"]
     assert [j.name for j in c.judge_principles] == ["ja"]
     assert (c.name, c.version, c.language, len(c.few_shot)) == ("child", "3", "de", 1)
-    assert c.defaults.model_dump() == {"revisions": 1, "sampling": "sequential", "seed": 0,
-                                       "stop_phrases": ["No revision needed"]}
+    assert c.defaults.model_dump() == {
+        "revisions": 1,
+        "sampling": "sequential",
+        "seed": 0,
+        "stop_phrases": ["No revision needed"],
+    }
     assert c.principle("c").tags == ["new"]
 
 
 def test_extends_a_shipped_constitution_by_name(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         name: mine
         extends: harmless
         drop: [evasive]
         few_shot: []
-        """)
+        """,
+    )
     c = load_constitution(path)
     harmless = load_constitution("harmless")
     assert len(c.principles) == len(harmless.principles) - 1
@@ -336,21 +522,26 @@ def test_extends_a_shipped_constitution_by_name(tmp_path):
 
 
 def test_yaml_anchors_and_numeric_version_are_accepted(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         name: anchors
         version: 2
         principles:
           - &base {name: a, critique: same, revision: same}
           - <<: *base
             name: b
-        """)
+        """,
+    )
     c = load_constitution(path)
     assert c.version == "2" and c.principle("b").critique == "same"
 
 
 def test_hash_is_content_based(tmp_path):
     one = load_constitution(write(tmp_path, MINIMAL, "one.yaml"))
-    reordered = write(tmp_path, """\
+    reordered = write(
+        tmp_path,
+        """\
         principles:
           - revision: Make it harmless.
             critique: Is it harmful?
@@ -358,7 +549,9 @@ def test_hash_is_content_based(tmp_path):
         # a comment does not change the content
         name: tiny
         version: "1"
-        """, "two.yaml")
+        """,
+        "two.yaml",
+    )
     assert load_constitution(reordered).hash == one.hash
     changed = write(tmp_path, MINIMAL.replace("Make it harmless.", "Make it safe."), "three.yaml")
     assert load_constitution(changed).hash != one.hash
@@ -426,8 +619,20 @@ def test_harmless_covers_the_paper_themes():
     c = load_constitution("harmless")
     assert len(c.principles) >= 14 and len(c.judge_principles) >= 14
     text = " ".join(p.critique for p in c.principles).lower()
-    for theme in ("harmful", "unethical", "racist", "sexist", "toxic", "dangerous", "illegal",
-                  "insensitive", "child", "crime", "self-harm", "manipulate"):
+    for theme in (
+        "harmful",
+        "unethical",
+        "racist",
+        "sexist",
+        "toxic",
+        "dangerous",
+        "illegal",
+        "insensitive",
+        "child",
+        "crime",
+        "self-harm",
+        "manipulate",
+    ):
         assert theme in text, theme
     assert all(j.question.startswith("Which of these assistant responses") for j in c.judge_principles)
 
@@ -435,8 +640,7 @@ def test_harmless_covers_the_paper_themes():
 def test_ko_safety_is_korean_with_the_five_seed_principles():
     c = load_constitution("ko-safety")
     assert c.language == "ko"
-    assert [p.name for p in c.principles] == [
-        "helpful", "harmless", "honest", "privacy", "no-discrimination"]
+    assert [p.name for p in c.principles] == ["helpful", "harmless", "honest", "privacy", "no-discrimination"]
     hangul = lambda s: any("\uac00" <= ch <= "\ud7a3" for ch in s)  # noqa: E731
     assert all(hangul(p.critique) and hangul(p.revision) for p in c.principles)
     assert any(hangul(s) for s in c.defaults.stop_phrases)
@@ -452,11 +656,13 @@ def test_privacy_extends_harmless():
 
 
 def test_hash_is_stable_across_processes():
-    code = ("from cai.constitution import load_constitution as l;"
-            "print(' '.join(l(n).hash for n in %r))" % shipped_names())
+    code = (
+        f"from cai.constitution import load_constitution as l;print(' '.join(l(n).hash for n in {shipped_names()!r}))"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "123"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout.split()
     assert out == [load_constitution(n).hash for n in shipped_names()]
 
 

@@ -22,6 +22,8 @@ from constitutions import names
 from tests.test_constitution import TYPO as BROKEN
 
 REPO = Path(__file__).resolve().parent.parent
+
+
 @pytest.fixture(scope="module")
 def invoke():
     app = typer.Typer()
@@ -70,8 +72,10 @@ def test_validate_ok_and_broken(invoke, tmp_path):
 
     result = invoke("validate", str(good), str(broken))
     assert result.exit_code == 1
-    assert f"{broken.resolve()}:7: principles[1].critque: unknown field 'critque' " \
-           f"(did you mean 'critique'?)" in result.output
+    assert (
+        f"{broken.resolve()}:7: principles[1].critque: unknown field 'critque' "
+        f"(did you mean 'critique'?)" in result.output
+    )
     assert f"ok {good}" in result.output
 
 
@@ -92,8 +96,9 @@ def test_console_script_validate_exit_code(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text(BROKEN, encoding="utf-8")
     cai = Path(sys.executable).with_name("cai")
-    result = subprocess.run([str(cai), "constitutions", "validate", str(broken)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(cai), "constitutions", "validate", str(broken)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{broken.resolve()}:7: principles[1].critque:" in result.stdout
 
@@ -113,14 +118,28 @@ def test_regular_wheel_ships_the_yaml_files(tmp_path):
         shutil.copy(REPO / name, src / name)
     for package in ("cai", "judges", "training", "constitutions"):
         if (REPO / package).is_dir():
-            shutil.copytree(REPO / package, src / package,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     # reuse the installed setuptools when it can read pyproject's PEP 639 license string (fast,
     # offline); an older one (a fresh Python 3.11 venv has 65.x) needs an isolated build
     no_isolation = ["--no-build-isolation"] if _setuptools_version() >= (77,) else []
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *no_isolation,
-                    "--disable-pip-version-check", "-w", str(tmp_path / "dist"), str(src)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            *no_isolation,
+            "--disable-pip-version-check",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = (tmp_path / "dist").glob("cai-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         shipped = {n for n in archive.namelist() if n.startswith("constitutions/")}
@@ -128,12 +147,25 @@ def test_regular_wheel_ships_the_yaml_files(tmp_path):
         archive.extractall(tmp_path / "installed")
 
     # -S: no site hooks, so the editable install of this checkout cannot shadow the wheel
-    code = ("import constitutions, cai.constitution as c;"
-            "print(constitutions.__file__);"
-            "print(' '.join(c.load_constitution(n).hash for n in constitutions.names()))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(tmp_path / "installed"), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])}
-    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env,
-                         cwd=tmp_path, check=True, timeout=120).stdout.splitlines()
+    code = (
+        "import constitutions, cai.constitution as c;"
+        "print(constitutions.__file__);"
+        "print(' '.join(c.load_constitution(n).hash for n in constitutions.names()))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(tmp_path / "installed"), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+        ),
+    }
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        timeout=120,
+    ).stdout.splitlines()
     assert out[0].startswith(str(tmp_path / "installed"))
     assert out[1].split() == [load_constitution(n).hash for n in names()]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_training import tiny_hf_dir  # noqa: F401  (fixture)
 from training.pipeline import PipelineConfig, evaluate_stages
 from training.provenance import is_done
 

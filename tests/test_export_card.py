@@ -66,8 +66,9 @@ def test_card_metadata_and_default_config_load(run, tmp_path, fmt):
 
 def test_license_and_name_flags_override(run, tmp_path):
     to = tmp_path / "out"
-    result = CliRunner().invoke(app, ["export", str(run), "--to", str(to), "--license", "cc-by-4.0",
-                                      "--name", "My harmless data"])
+    result = CliRunner().invoke(
+        app, ["export", str(run), "--to", str(to), "--license", "cc-by-4.0", "--name", "My harmless data"]
+    )
     assert result.exit_code == 0, result.output
     meta = card_meta(to)
     assert meta["license"] == "cc-by-4.0" and meta["pretty_name"] == "My harmless data"

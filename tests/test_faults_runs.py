@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from cai.api import agenerate_run
 from cai.cli import app
 from cai.models import GenParams, ScriptedModel
-from cai.models.openai_compat import map_error, parse_completion
 from cai.models.base import TransientModelError
+from cai.models.openai_compat import map_error, parse_completion
 from cai.testing.stub_openai_server import StubOpenAIServer
 
 REPLY = "Here is a careful and harmless answer to your question."
@@ -60,9 +60,27 @@ def test_generate_under_every_fault_kind(upstream, tmp_path):
     faults = ["hang", *FAULTS * 2]  # first in, first served
     upstream.inject(*_interleaved(faults))
     out = tmp_path / "run"
-    args = ["generate", str(_prompts(tmp_path)), "--out", str(out), "--model", "openai:stub", "--base-url",
-            upstream.base_url, "--api-key", SECRET, "--revisions", "1", "--concurrency", "2", "--quiet",
-            "--timeout", "1", "--max-retries", "4"]
+    args = [
+        "generate",
+        str(_prompts(tmp_path)),
+        "--out",
+        str(out),
+        "--model",
+        "openai:stub",
+        "--base-url",
+        upstream.base_url,
+        "--api-key",
+        SECRET,
+        "--revisions",
+        "1",
+        "--concurrency",
+        "2",
+        "--quiet",
+        "--timeout",
+        "1",
+        "--max-retries",
+        "4",
+    ]
     result = CliRunner().invoke(app, args)
     if result.exit_code != 0 or "failed" in result.output and " 0 failed" not in result.output:
         result = CliRunner().invoke(app, args)  # a resume retries what failed
@@ -86,8 +104,23 @@ def test_failed_samples_store_no_upstream_secret(upstream, tmp_path):
     out = tmp_path / "run"
     prompts = tmp_path / "one.jsonl"
     prompts.write_text(json.dumps({"id": "p0", "prompt": "Hi?"}) + "\n")
-    args = ["generate", str(prompts), "--out", str(out), "--model", "openai:stub", "--base-url", upstream.base_url,
-            "--api-key", SECRET, "--revisions", "0", "--concurrency", "1", "--quiet"]
+    args = [
+        "generate",
+        str(prompts),
+        "--out",
+        str(out),
+        "--model",
+        "openai:stub",
+        "--base-url",
+        upstream.base_url,
+        "--api-key",
+        SECRET,
+        "--revisions",
+        "0",
+        "--concurrency",
+        "1",
+        "--quiet",
+    ]
     result = CliRunner().invoke(app, args)
     db = sqlite3.connect(out / "state.sqlite")
     stored = " ".join(str(row) for row in db.execute("SELECT reason, record FROM samples"))
@@ -102,13 +135,31 @@ def test_failed_samples_store_no_upstream_secret(upstream, tmp_path):
 def test_label_under_faults_with_hangs_and_timeout(upstream, tmp_path):
     upstream.reset()
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Q{i}?", "chosen": f"good {i}",
-                                        "rejected": f"bad {i}"}) + "\n" for i in range(N)))
+    data.write_text(
+        "".join(
+            json.dumps({"id": f"p{i}", "prompt": f"Q{i}?", "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n"
+            for i in range(N)
+        )
+    )
     before = upstream.stats()["faults_served"]
     upstream.inject(*_interleaved(["hang", *FAULTS, "hang"]))
     out = tmp_path / "labels"
-    args = ["label", str(data), "--out", str(out), "--judge", "pairwise:openai:stub", "--base-url",
-            upstream.base_url, "--timeout", "1", "--max-retries", "4", "--concurrency", "2"]
+    args = [
+        "label",
+        str(data),
+        "--out",
+        str(out),
+        "--judge",
+        "pairwise:openai:stub",
+        "--base-url",
+        upstream.base_url,
+        "--timeout",
+        "1",
+        "--max-retries",
+        "4",
+        "--concurrency",
+        "2",
+    ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         result = CliRunner().invoke(app, args)
@@ -118,8 +169,10 @@ def test_label_under_faults_with_hangs_and_timeout(upstream, tmp_path):
     assert result.exit_code == 0, result.output
     assert not [w for w in caught if "Unclosed" in str(w.message)]  # aiohttp's "Unclosed client session"
     labels = _rows(out / "labels.jsonl")
-    print(f"\nfault suite (label): {upstream.stats()['faults_served'] - before} faults injected, {N} samples, "
-          f"{N - len(labels)} lost")
+    print(
+        f"\nfault suite (label): {upstream.stats()['faults_served'] - before} faults injected, {N} samples, "
+        f"{N - len(labels)} lost"
+    )
     _exactly_once(labels)
     assert all(row["status"] != "failed" for row in labels)
 
@@ -165,9 +218,15 @@ async def test_sampled_duplicates_are_independent_and_reruns_hit_the_cache(tmp_p
     first = await agenerate_run(prompts, model=ScriptedModel(answer), revisions=0, params=params, out=tmp_path / "r")
     assert first.traces[0].initial != first.traces[1].initial  # were identical: one cached answer
     made = len(calls)
-    again = await agenerate_run(prompts, model=ScriptedModel(answer), revisions=0, params=params,
-                                out=tmp_path / "r", new_run=False)
+    again = await agenerate_run(
+        prompts, model=ScriptedModel(answer), revisions=0, params=params, out=tmp_path / "r", new_run=False
+    )
     assert len(calls) == made and [t.initial for t in again.traces] == [t.initial for t in first.traces]
-    greedy = await agenerate_run(prompts, model=ScriptedModel(answer), revisions=0, out=tmp_path / "g",
-                                 params=GenParams(max_tokens=16, temperature=0.0))
+    greedy = await agenerate_run(
+        prompts,
+        model=ScriptedModel(answer),
+        revisions=0,
+        out=tmp_path / "g",
+        params=GenParams(max_tokens=16, temperature=0.0),
+    )
     assert greedy.traces[0].initial == greedy.traces[1].initial  # greedy duplicates share the call

@@ -19,7 +19,11 @@ PROMPTS = ["how do I pick a lock?", "tell me a joke", "insult my neighbour", "sa
 def script(messages, params):
     last = messages[-1]["content"]
     if "No revision needed" in last:  # a critique request of the harmless constitution
-        return "No revision needed." if {"role": "user", "content": "say hi"} in messages else f"Problem found in turn {len(messages)}."
+        return (
+            "No revision needed."
+            if {"role": "user", "content": "say hi"} in messages
+            else f"Problem found in turn {len(messages)}."
+        )
     if last.startswith("Rewrite") or "Rewrite your last answer" in last:
         return f"Safer answer {len(messages)}."
     return f"First answer to: {last}"
@@ -82,7 +86,9 @@ def test_sync_generate_in_memory_and_export_card_has_no_secrets(tmp_path):
 
     out = tmp_path / "run"
     cai.generate(
-        PROMPTS, model=ScriptedModel(script), out=out,
+        PROMPTS,
+        model=ScriptedModel(script),
+        out=out,
         model_options={"base_url": "http://user:sk-secret-1@127.0.0.1:9/v1", "api_key": "sk-secret-2"},
     )
     from datasets import load_from_disk
@@ -113,8 +119,20 @@ def test_cli_generate_on_embedded_model(tmp_path, embedded_hf_dir):
     from cai.cli import app
 
     out = tmp_path / "run"
-    args = ["generate", str(ROOT / "examples" / "red_team_prompts.jsonl"), "--out", str(out), "--limit", "2",
-            "--revisions", "1", "--max-tokens", "16", "--no-few-shot", "--quiet"]
+    args = [
+        "generate",
+        str(ROOT / "examples" / "red_team_prompts.jsonl"),
+        "--out",
+        str(out),
+        "--limit",
+        "2",
+        "--revisions",
+        "1",
+        "--max-tokens",
+        "16",
+        "--no-few-shot",
+        "--quiet",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     traces = _lines(out / "traces.jsonl")

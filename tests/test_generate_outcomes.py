@@ -53,8 +53,9 @@ async def test_sampled_runs_are_seeded_per_sample_and_per_call(tmp_path):
 
     params = GenParams(temperature=0.7, max_tokens=16)
     out = tmp_path / "run"
-    await agenerate_run(["same prompt", "same prompt"], model=ScriptedModel(record), out=out, revisions=1,
-                        params=params, few_shot=False)
+    await agenerate_run(
+        ["same prompt", "same prompt"], model=ScriptedModel(record), out=out, revisions=1, params=params, few_shot=False
+    )
     first_calls = [s for s in seen if s[1] == 1]
     assert len(first_calls) == 2 and first_calls[0][2] != first_calls[1][2]  # duplicates are independent
     assert all(s[2] is not None for s in seen)
@@ -64,6 +65,12 @@ async def test_sampled_runs_are_seeded_per_sample_and_per_call(tmp_path):
 
     first_run = list(seen)
     seen.clear()
-    await agenerate_run(["same prompt", "same prompt"], model=ScriptedModel(record), out=tmp_path / "again",
-                        revisions=1, params=params, few_shot=False)
+    await agenerate_run(
+        ["same prompt", "same prompt"],
+        model=ScriptedModel(record),
+        out=tmp_path / "again",
+        revisions=1,
+        params=params,
+        few_shot=False,
+    )
     assert sorted(s[2] for s in seen) == sorted(s[2] for s in first_run)  # a rerun reproduces the draws

@@ -23,9 +23,26 @@ N = 12
 def test_kill_9_mid_run_then_resume_against_vllm(tmp_path, vllm_server):
     out = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "cai.cli", "generate", str(ROOT / "examples" / "red_team_prompts.jsonl"),
-        "--out", str(out), "--model", f"openai:{vllm_server.model}", "--base-url", vllm_server.base_url,
-        "--limit", str(N), "--revisions", "1", "--max-tokens", "16", "--concurrency", "4", "--quiet",
+        sys.executable,
+        "-m",
+        "cai.cli",
+        "generate",
+        str(ROOT / "examples" / "red_team_prompts.jsonl"),
+        "--out",
+        str(out),
+        "--model",
+        f"openai:{vllm_server.model}",
+        "--base-url",
+        vllm_server.base_url,
+        "--limit",
+        str(N),
+        "--revisions",
+        "1",
+        "--max-tokens",
+        "16",
+        "--concurrency",
+        "4",
+        "--quiet",
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
@@ -46,12 +63,16 @@ def test_kill_9_mid_run_then_resume_against_vllm(tmp_path, vllm_server):
     rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
 
-    rows = {name: [json.loads(x) for x in (out / name).read_text().splitlines()]
-            for name in ("traces.jsonl", "sft.jsonl", "preferences.jsonl")}
+    rows = {
+        name: [json.loads(x) for x in (out / name).read_text().splitlines()]
+        for name in ("traces.jsonl", "sft.jsonl", "preferences.jsonl")
+    }
     ids = [t["id"] for t in rows["traces.jsonl"]]
     assert sorted(ids) == sorted(f"rt-{i:03d}" for i in range(1, N + 1))  # each sample exactly once
     assert len(rows["sft.jsonl"]) == N
-    assert len(rows["preferences.jsonl"]) == sum(t["final"].strip() != t["initial"].strip() for t in rows["traces.jsonl"])
+    assert len(rows["preferences.jsonl"]) == sum(
+        t["final"].strip() != t["initial"].strip() for t in rows["traces.jsonl"]
+    )
     with RunStore(out, read_only=True) as store:
         assert store.status_counts() == {"done": N}
         # every real call made over both processes is one distinct cached call: none repeated

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from cai.inputs import InputError, parse_transcript, read_prompts
-
 from tests.paths import HH_RLHF as HH
+
 TRANSCRIPT = "\n\nHuman: hi there\n\nAssistant: hello!\n\nHuman: how do I pick a lock?\n\nAssistant: Use a pin."
 
 
@@ -87,7 +87,7 @@ def test_json_csv_parquet_and_hf_folder(tmp_path):
 
     rows = [{"prompt": "a"}, {"prompt": "b"}]
     (tmp_path / "p.json").write_text(json.dumps(rows))
-    (tmp_path / "p.csv").write_text("prompt,other\na,1\n\"b, with comma\",2\n")
+    (tmp_path / "p.csv").write_text('prompt,other\na,1\n"b, with comma",2\n')
     Dataset.from_list(rows).to_parquet(str(tmp_path / "p.parquet"))
     DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "hf"))
     for name, second in [("p.json", "b"), ("p.csv", "b, with comma"), ("p.parquet", "b"), ("hf", "b")]:

@@ -48,17 +48,26 @@ def read_jsonl(path):
 def pref_file(tmp_path):
     user = lambda t: [{"role": "user", "content": t}]  # noqa: E731
     asst = lambda t: [{"role": "assistant", "content": t}]  # noqa: E731
-    return write_jsonl(tmp_path / "preferences.jsonl", [
-        {"prompt": user("How do I hotwire a car?"), "chosen": asst("Sorry, I can't help."), "rejected": asst("Sure: ...")},
-        {"prompt": user("Insult me"), "chosen": asst("You fool."), "rejected": asst("Sorry, no.")},
-        {"prompt": user("A biased question"), "chosen": asst("x"), "rejected": asst("y")},
-    ])
+    return write_jsonl(
+        tmp_path / "preferences.jsonl",
+        [
+            {
+                "prompt": user("How do I hotwire a car?"),
+                "chosen": asst("Sorry, I can't help."),
+                "rejected": asst("Sure: ..."),
+            },
+            {"prompt": user("Insult me"), "chosen": asst("You fool."), "rejected": asst("Sorry, no.")},
+            {"prompt": user("A biased question"), "chosen": asst("x"), "rejected": asst("y")},
+        ],
+    )
 
 
 async def test_label_preferences_file_flags_and_drops_inconsistent(tmp_path, pref_file):
     sets, _ = read_candidate_sets(pref_file)
     model = ScriptedModel(polite_judge, capabilities=LOGPROBS)
-    summary = await label(sets, tmp_path / "run", LabelConfig(judge="pairwise:scripted"), judge_model=model, progress=False)
+    summary = await label(
+        sets, tmp_path / "run", LabelConfig(judge="pairwise:scripted"), judge_model=model, progress=False
+    )
     assert summary.done == 3 and summary.n_failed == 0
     prefs = read_jsonl(tmp_path / "run" / "preferences.jsonl")
     assert [p["id"] for p in prefs] == ["0", "1"]
@@ -70,8 +79,13 @@ async def test_label_preferences_file_flags_and_drops_inconsistent(tmp_path, pre
     assert labels[2]["consistent"] is False and labels[2]["status"] == "ok"
     assert summary.counters["inconsistent"] == 1 and summary.counters["labelled"] == 2
 
-    kept = await label(sets, tmp_path / "keep", LabelConfig(judge="pairwise:scripted", keep_inconsistent=True),
-                       judge_model=model, progress=False)
+    kept = await label(
+        sets,
+        tmp_path / "keep",
+        LabelConfig(judge="pairwise:scripted", keep_inconsistent=True),
+        judge_model=model,
+        progress=False,
+    )
     rows = read_jsonl(tmp_path / "keep" / "preferences.jsonl")
     assert kept.done == 3 and len(rows) == 3 and rows[2]["consistent"] is False
     assert rows[2]["margin"] == pytest.approx(0.2) and rows[2]["chosen"][0]["content"] == "x"  # soft, low margin
@@ -85,11 +99,18 @@ async def test_label_resumes_failed_samples_without_repeating_calls(tmp_path, pr
             raise TransientModelError("server went away")
         return polite_judge(messages, params)
 
-    first = await label(sets, tmp_path / "run", LabelConfig(judge="pairwise:scripted"),
-                        judge_model=ScriptedModel(flaky, capabilities=NO_LOGPROBS), progress=False)
+    first = await label(
+        sets,
+        tmp_path / "run",
+        LabelConfig(judge="pairwise:scripted"),
+        judge_model=ScriptedModel(flaky, capabilities=NO_LOGPROBS),
+        progress=False,
+    )
     assert first.done == 2 and first.failed == {"judge_failed": 1}
     again = ScriptedModel(polite_judge, capabilities=NO_LOGPROBS)
-    second = await label(sets, tmp_path / "run", LabelConfig(judge="pairwise:scripted"), judge_model=again, progress=False)
+    second = await label(
+        sets, tmp_path / "run", LabelConfig(judge="pairwise:scripted"), judge_model=again, progress=False
+    )
     assert second.done_before == 2 and second.done == 1 and second.n_failed == 0
     assert len(again.calls) == 2  # only the failed sample's two orders were asked again
     prefs = read_jsonl(tmp_path / "run" / "preferences.jsonl")
@@ -99,11 +120,16 @@ async def test_label_resumes_failed_samples_without_repeating_calls(tmp_path, pr
 
 
 async def test_label_many_candidates_hh_transcripts_and_pointwise(tmp_path):
-    path = write_jsonl(tmp_path / "in.jsonl", [
-        {"prompt": "Tell me a joke", "responses": ["one two three four five", "one", "one two three"]},
-        {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: ok bye",
-         "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: whatever you say pal"},
-    ])
+    path = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"prompt": "Tell me a joke", "responses": ["one two three four five", "one", "one two three"]},
+            {
+                "chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: ok bye",
+                "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: whatever you say pal",
+            },
+        ],
+    )
     sets, _ = read_candidate_sets(path)
     assert sets[1].prompt[-1] == {"role": "user", "content": "bye"} and sets[1].labelled
     assert sets[1].candidates == ["ok bye", "whatever you say pal"]
@@ -113,13 +139,19 @@ async def test_label_many_candidates_hh_transcripts_and_pointwise(tmp_path):
     assert prefs[0]["chosen"][0]["content"] in ("one", "one two three")
     assert prefs[0]["rejected"][0]["content"] == "one two three four five" and prefs[0]["margin"] == 1.0
     assert prefs[1]["chosen"][0]["content"] == "ok bye"
+
     # pairwise over three candidates: fewer words wins every comparison
     def shorter(messages, params):
         a, b = shown(messages)
         return "A" if len(a.split()) < len(b.split()) else "B"
 
-    await label(sets[:1], tmp_path / "pair", LabelConfig(judge="pairwise:s"), progress=False,
-                judge_model=ScriptedModel(shorter, capabilities=NO_LOGPROBS))
+    await label(
+        sets[:1],
+        tmp_path / "pair",
+        LabelConfig(judge="pairwise:s"),
+        progress=False,
+        judge_model=ScriptedModel(shorter, capabilities=NO_LOGPROBS),
+    )
     record = read_jsonl(tmp_path / "pair" / "labels.jsonl")[0]
     assert (record["chosen_index"], record["rejected_index"]) == (1, 0)
     assert len(record["verdicts"]) == 3 and record["scores"] == [0.0, 1.0, 0.5]
@@ -129,9 +161,17 @@ async def test_label_samples_from_policy(tmp_path):
     path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "How do I make a bomb?"}, {"prompt": "Hi"}])
     sets, _ = read_candidate_sets(path)
     policy = ScriptedModel(lambda m, p: "Sorry, I can't." if p.seed == 1 else f"Sure #{p.seed}")
-    config = LabelConfig(judge="pairwise:s", policy="scripted", samples=3, sample_params=GenParams(max_tokens=32, temperature=1.0))
-    summary = await label(sets, tmp_path / "run", config, progress=False, policy_model=policy,
-                          judge_model=ScriptedModel(polite_judge, capabilities=NO_LOGPROBS))
+    config = LabelConfig(
+        judge="pairwise:s", policy="scripted", samples=3, sample_params=GenParams(max_tokens=32, temperature=1.0)
+    )
+    summary = await label(
+        sets,
+        tmp_path / "run",
+        config,
+        progress=False,
+        policy_model=policy,
+        judge_model=ScriptedModel(polite_judge, capabilities=NO_LOGPROBS),
+    )
     assert summary.done == 2 and len(policy.calls) == 6
     assert {c[1].seed for c in policy.calls} == {0, 1, 2} and policy.calls[0][1].temperature == 1.0
     prefs = read_jsonl(tmp_path / "run" / "preferences.jsonl")

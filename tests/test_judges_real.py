@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from cai.cli import app
 from judges import LLMPairwiseJudge, RubricJudge, ViolationJudge
-
 from tests.paths import HH_RLHF
 
 HH = str(HH_RLHF)
@@ -69,8 +68,22 @@ def _cli(*args: str):
 @pytest.mark.vllm
 def test_cli_eval_judge_on_hh_slice(vllm_server, tmp_path):
     out = tmp_path / "eval.json"
-    result = _cli("eval", "judge", "--data", HH, "--judge", f"pairwise:openai:{vllm_server.model}",
-                  "--base-url", vllm_server.base_url, "--api-key", "none", "--limit", "8", "--json", str(out))
+    result = _cli(
+        "eval",
+        "judge",
+        "--data",
+        HH,
+        "--judge",
+        f"pairwise:openai:{vllm_server.model}",
+        "--base-url",
+        vllm_server.base_url,
+        "--api-key",
+        "none",
+        "--limit",
+        "8",
+        "--json",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     assert "position consistency" in result.output
     report = json.loads(out.read_text())
@@ -86,8 +99,19 @@ def test_cli_label_hh_pairs_and_resume(vllm_server, tmp_path):
     data = tmp_path / "pairs.jsonl"
     with open(HH, encoding="utf-8") as f:
         data.write_text("".join(next(f) for _ in range(4)), encoding="utf-8")
-    args = ["label", str(data), "--out", str(tmp_path / "run"), "--judge", f"pairwise:openai:{vllm_server.model}",
-            "--base-url", vllm_server.base_url, "--api-key", "none", "--keep-inconsistent"]
+    args = [
+        "label",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--judge",
+        f"pairwise:openai:{vllm_server.model}",
+        "--base-url",
+        vllm_server.base_url,
+        "--api-key",
+        "none",
+        "--keep-inconsistent",
+    ]
     first = _cli(*args)
     assert first.exit_code == 0, first.output
     labels = [json.loads(x) for x in (tmp_path / "run" / "labels.jsonl").read_text().splitlines()]

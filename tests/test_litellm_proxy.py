@@ -49,25 +49,50 @@ def proxy(upstream, tmp_path_factory):
     config = yaml.safe_load((ROOT / "examples" / "litellm_config.yaml").read_text())
     config["model_list"][0]["litellm_params"]["api_base"] = upstream.base_url
     # the same upstream as a chat-only provider: LiteLLM bridges /v1/responses to chat completions
-    config["model_list"].append({"model_name": "my-chat-model", "litellm_params": {
-        **config["model_list"][0]["litellm_params"], "model": "custom_openai/my-model"}})
+    config["model_list"].append(
+        {
+            "model_name": "my-chat-model",
+            "litellm_params": {**config["model_list"][0]["litellm_params"], "model": "custom_openai/my-model"},
+        }
+    )
     good = config["guardrails"][0]
     good["litellm_params"]["cai_model_options"]["base_url"] = upstream.base_url
     # a second guardrail, on request only, whose cai model is not listening
     bad = yaml.safe_load(yaml.safe_dump(good))
     bad["guardrail_name"], bad["litellm_params"]["default_on"] = "cai-unreachable", False
-    bad["litellm_params"]["cai_model_options"] = {"base_url": f"http://127.0.0.1:{_free_port()}/v1",
-                                                  "max_retries": 0, "timeout": 5}
+    bad["litellm_params"]["cai_model_options"] = {
+        "base_url": f"http://127.0.0.1:{_free_port()}/v1",
+        "max_retries": 0,
+        "timeout": 5,
+    }
     config["guardrails"].append(bad)
     path = tmp_path_factory.mktemp("litellm") / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     port = _free_port()
-    env = {**os.environ, "LITELLM_MASTER_KEY": MASTER_KEY, "UPSTREAM_API_KEY": "sk-all", "OPENAI_API_KEY": "sk-all",
-           "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "LITELLM_MASTER_KEY": MASTER_KEY,
+        "UPSTREAM_API_KEY": "sk-all",
+        "OPENAI_API_KEY": "sk-all",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "PYTHONPATH": str(ROOT),
+    }
     log = open(path.with_suffix(".log"), "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "litellm"), "--config", str(path),
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "litellm"),
+            "--config",
+            str(path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     try:
@@ -77,7 +102,9 @@ def proxy(upstream, tmp_path_factory):
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("litellm proxy did not start:\n" + path.with_suffix(".log").read_text()[-3000:])
+                    raise RuntimeError(
+                        "litellm proxy did not start:\n" + path.with_suffix(".log").read_text()[-3000:]
+                    ) from None
                 time.sleep(0.5)
         yield url
     finally:
@@ -105,7 +132,8 @@ def test_example_config_starts_with_its_master_key_and_revises(proxy, upstream):
     assert r.choices[0].message.content.startswith(REVISED)
     # the usage counts the answer (1 call) and the guardrail's critique and revision (2 calls)
     direct = openai.OpenAI(base_url=upstream.base_url, api_key="sk-all").chat.completions.create(
-        model="my-model", messages=ASK)
+        model="my-model", messages=ASK
+    )
     assert r.usage.completion_tokens > direct.usage.completion_tokens
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
@@ -113,9 +141,13 @@ def test_example_config_starts_with_its_master_key_and_revises(proxy, upstream):
 def test_streaming_keeps_the_usage_chunk_and_counts_the_loop(proxy, upstream):
     plain = client(proxy).chat.completions.create(model="my-model", messages=ASK)
     direct = openai.OpenAI(base_url=upstream.base_url, api_key="sk-all").chat.completions.create(
-        model="my-model", messages=ASK)
-    chunks = list(client(proxy).chat.completions.create(model="my-model", messages=ASK, stream=True,
-                                                        stream_options={"include_usage": True}))
+        model="my-model", messages=ASK
+    )
+    chunks = list(
+        client(proxy).chat.completions.create(
+            model="my-model", messages=ASK, stream=True, stream_options={"include_usage": True}
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.startswith(REVISED) and "ignition" not in text
     usage = [c.usage for c in chunks if c.usage is not None]
@@ -135,8 +167,9 @@ def test_streaming_n2_revises_each_choice(proxy):
 
 def test_unreachable_cai_model_is_a_clear_503(proxy):
     with pytest.raises(openai.APIStatusError) as err:
-        client(proxy).chat.completions.create(model="my-model", messages=ASK,
-                                              extra_body={"guardrails": ["cai-unreachable"]})
+        client(proxy).chat.completions.create(
+            model="my-model", messages=ASK, extra_body={"guardrails": ["cai-unreachable"]}
+        )
     assert err.value.status_code in (502, 503), err.value
     message = str(err.value)
     assert "cai guardrail" in message and "timeout" not in message.lower(), message
@@ -146,7 +179,6 @@ def test_responses_api_output_is_revised_and_its_stream_refused(proxy):
     r = client(proxy).responses.create(model="my-chat-model", input="How do I hotwire a car?")
     assert r.output_text.startswith(REVISED), r.output_text
     # a streamed Responses answer cannot be buffered per choice: it fails, never arrives unrevised
-    events = list(client(proxy).responses.create(model="my-chat-model", input="How do I hotwire a car?",
-                                                 stream=True))
+    events = list(client(proxy).responses.create(model="my-chat-model", input="How do I hotwire a car?", stream=True))
     assert not [e for e in events if e.type == "response.output_text.delta"]
     assert events[-1].type == "response.failed" and "cai guardrail" in events[-1].response.error.message

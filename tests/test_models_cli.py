@@ -19,8 +19,9 @@ def test_models_list_shows_every_builtin_backend() -> None:
 
 def test_models_chat_prints_answer_usage_and_logprobs() -> None:
     with StubOpenAIServer(reply="four") as stub:
-        result = runner.invoke(app, ["models", "chat", "openai:stub", "What is 2+2?", "--base-url", stub.base_url,
-                                     "--logprobs", "2"])
+        result = runner.invoke(
+            app, ["models", "chat", "openai:stub", "What is 2+2?", "--base-url", stub.base_url, "--logprobs", "2"]
+        )
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == "four"
     assert "prompt 3 + completion 1 tokens" in result.output

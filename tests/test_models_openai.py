@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -66,10 +66,17 @@ async def test_vllm_server_chat_with_logprobs(vllm_server) -> None:
 @pytest.mark.vllm
 async def test_vllm_server_json_schema_and_context_error(vllm_server) -> None:
     model = load_model(f"openai:{vllm_server.model}", base_url=vllm_server.base_url, max_retries=0)
-    schema = json.dumps({"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}},
-                         "required": ["answer"], "additionalProperties": False})
-    c = await model.chat([{"role": "user", "content": "Is the sky blue? Answer in JSON."}],
-                         GenParams(max_tokens=30, json_schema=schema))
+    schema = json.dumps(
+        {
+            "type": "object",
+            "properties": {"answer": {"enum": ["yes", "no"]}},
+            "required": ["answer"],
+            "additionalProperties": False,
+        }
+    )
+    c = await model.chat(
+        [{"role": "user", "content": "Is the sky blue? Answer in JSON."}], GenParams(max_tokens=30, json_schema=schema)
+    )
     assert json.loads(c.text)["answer"] in ("yes", "no")
     with pytest.raises(ContextLengthError):
         await model.chat([{"role": "user", "content": "word " * 2100}], GenParams(max_tokens=4))
@@ -146,8 +153,11 @@ async def test_retries_are_bounded_and_the_error_is_typed(stub: StubOpenAIServer
 
 @pytest.mark.parametrize(
     "fault,error,reason",
-    [("400", PermanentModelError, "bad_request"), ("401", PermanentModelError, "auth"),
-     ("context", ContextLengthError, "context_length")],
+    [
+        ("400", PermanentModelError, "bad_request"),
+        ("401", PermanentModelError, "auth"),
+        ("context", ContextLengthError, "context_length"),
+    ],
 )
 async def test_permanent_fault_is_not_retried(stub: StubOpenAIServer, backend: str, fault, error, reason) -> None:
     model = _model(stub, backend)

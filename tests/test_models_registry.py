@@ -10,8 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from cai.models import ChatModel, Completion, GenParams, ModelSpecError, ScriptedModel, Usage, load_model, parse_spec
-from cai.models import registry
+from cai.models import (
+    ChatModel,
+    Completion,
+    GenParams,
+    ModelSpecError,
+    ScriptedModel,
+    Usage,
+    load_model,
+    parse_spec,
+    registry,
+)
 from cai.models.batching import MicroBatcher
 from cai.models.embedded import _atomic_export, _is_complete
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,7 +16,7 @@ USER = [{"role": "user", "content": "What is 2+2?"}]
 
 
 @pytest.fixture(scope="module")
-def vllm_model(embedded_hf_dir) -> Iterator["object"]:
+def vllm_model(embedded_hf_dir) -> Iterator[object]:
     pytest.importorskip("vllm")
     from cai.models.vllm_inproc import VLLMChatModel
 
@@ -41,8 +41,10 @@ async def test_logprobs_usage_and_same_greedy_text_as_transformers(vllm_model, e
 async def test_concurrent_requests_keep_their_own_limits(vllm_model) -> None:
     lengths = [1, 3, 6, 9, 2, 5, 8, 4]
     outs = await asyncio.gather(
-        *(vllm_model.chat([{"role": "user", "content": f"Tell me about the number {n}."}],
-                          GenParams(max_tokens=n)) for n in lengths)
+        *(
+            vllm_model.chat([{"role": "user", "content": f"Tell me about the number {n}."}], GenParams(max_tokens=n))
+            for n in lengths
+        )
     )
     assert [o.usage.completion_tokens for o in outs] == lengths
     assert all(o.finish_reason == "length" for o in outs)
@@ -52,10 +54,17 @@ async def test_concurrent_requests_keep_their_own_limits(vllm_model) -> None:
 
 async def test_json_schema_and_context_limit(vllm_model) -> None:
     assert vllm_model.capabilities.max_context == 1024
-    schema = json.dumps({"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}},
-                         "required": ["answer"], "additionalProperties": False})
-    c = await vllm_model.chat([{"role": "user", "content": "Is the sky blue? Answer in JSON."}],
-                              GenParams(max_tokens=20, json_schema=schema))
+    schema = json.dumps(
+        {
+            "type": "object",
+            "properties": {"answer": {"enum": ["yes", "no"]}},
+            "required": ["answer"],
+            "additionalProperties": False,
+        }
+    )
+    c = await vllm_model.chat(
+        [{"role": "user", "content": "Is the sky blue? Answer in JSON."}], GenParams(max_tokens=20, json_schema=schema)
+    )
     assert json.loads(c.text)["answer"] in ("yes", "no")
     with pytest.raises(ContextLengthError):
         await vllm_model.chat([{"role": "user", "content": "word " * 1100}], GenParams(max_tokens=2))

@@ -15,8 +15,7 @@ MISINFO = next(p for p in HARMLESS.principles if p.name == "misinformation")
 # the three rows `make demo` wrote as `chosen` before the gates (issue 13)
 LOOP = "A thoughtful, ethical" + ", ethical" * 60
 SAME_SENTENCE = (
-    "I'm here to provide information and resources. If you're looking for help with alcohol, "
-    "talk to a doctor. " * 3
+    "I'm here to provide information and resources. If you're looking for help with alcohol, talk to a doctor. " * 3
 )
 ANSWERS_NOTHING = "There are no claims that are inaccurate, but there are no guarantees."
 PROMPT = "How much alcohol can I drink per day?"
@@ -63,7 +62,9 @@ def test_truncation_is_flagged_or_dropped():
 
 def test_language_follows_the_prompt():
     ko_prompt = "하루에 술을 얼마나 마셔도 되나요?"
-    ko_answer = "하루 한두 잔 이하가 권장됩니다. 걱정된다면 의사와 상담하세요. Python 같은 영어 단어가 섞여도 괜찮습니다."
+    ko_answer = (
+        "하루 한두 잔 이하가 권장됩니다. 걱정된다면 의사와 상담하세요. Python 같은 영어 단어가 섞여도 괜찮습니다."
+    )
     assert _reason(ko_answer, prompt_text=ko_prompt, answer=ko_answer) is None
     assert _reason(GOOD[0], prompt_text=ko_prompt, answer=ko_answer) == "wrong_language"
     assert _reason(ko_answer, prompt_text=PROMPT) == "wrong_language"
@@ -79,13 +80,15 @@ def test_every_gate_can_be_turned_off():
 
 async def test_revise_rolls_back_a_gated_revision_and_names_the_reason():
     ko = load_constitution("ko-safety")
-    replies = iter([
-        "한국어 초기 답변입니다. 술은 적당히 마시는 것이 좋습니다.",  # initial
-        "답변이 불충분합니다.",  # critique 1
-        "Drink less" + ", drink less" * 20,  # revision 1: an English loop
-        "더 자세히 설명하세요.",  # critique 2
-        "하루 한두 잔 이하로 마시는 것이 좋고, 걱정되면 의사와 상담하세요.",  # revision 2
-    ])
+    replies = iter(
+        [
+            "한국어 초기 답변입니다. 술은 적당히 마시는 것이 좋습니다.",  # initial
+            "답변이 불충분합니다.",  # critique 1
+            "Drink less" + ", drink less" * 20,  # revision 1: an English loop
+            "더 자세히 설명하세요.",  # critique 2
+            "하루 한두 잔 이하로 마시는 것이 좋고, 걱정되면 의사와 상담하세요.",  # revision 2
+        ]
+    )
 
     def script(messages, params):
         text = next(replies)
@@ -96,8 +99,15 @@ async def test_revise_rolls_back_a_gated_revision_and_names_the_reason():
     assert [s.note for s in trace.steps] == ["degenerate:repeated_ngrams", "truncated"]
     assert trace.final.startswith("하루") and trace.preference_record() is not None
 
-    replies = iter(["초기 답변입니다. 술은 적당히.", "부족합니다.", "You should drink less alcohol every single day, friend.",
-                    "부족합니다.", "You should drink less alcohol every single day, friend."])
+    replies = iter(
+        [
+            "초기 답변입니다. 술은 적당히.",
+            "부족합니다.",
+            "You should drink less alcohol every single day, friend.",
+            "부족합니다.",
+            "You should drink less alcohol every single day, friend.",
+        ]
+    )
     trace = await revise(ScriptedModel(script), "하루에 술을 얼마나 마셔도 되나요?", ko, revisions=2, few_shot=False)
     assert [s.note for s in trace.steps] == ["degenerate:wrong_language"] * 2
     assert trace.preference_record() is None  # nothing usable: no pair
@@ -112,14 +122,23 @@ async def test_truncation_gate_on_the_embedded_model(embedded_model):
 
     params = GenParams(max_tokens=12)
     prompt = "Explain in detail how to stay safe when walking home alone at night."
-    dropped = await revise(embedded_model, prompt, HARMLESS, revisions=1, sampling="sequential", params=params,
-                           few_shot=False, gates=QualityGates(on_truncated="drop"))
+    dropped = await revise(
+        embedded_model,
+        prompt,
+        HARMLESS,
+        revisions=1,
+        sampling="sequential",
+        params=params,
+        few_shot=False,
+        gates=QualityGates(on_truncated="drop"),
+    )
     assert dropped.metadata.get("initial_truncated") is True
     revised = [s for s in dropped.steps if s.revision is not None]
     assert not any(s.accepted for s in dropped.steps)
     assert all(s.note.startswith("degenerate:") for s in revised)
-    kept = await revise(embedded_model, prompt, HARMLESS, revisions=1, sampling="sequential", params=params,
-                        few_shot=False)
+    kept = await revise(
+        embedded_model, prompt, HARMLESS, revisions=1, sampling="sequential", params=params, few_shot=False
+    )
     assert all(s.note == "truncated" for s in kept.steps if s.accepted)
     truncated_drops = [s for s in dropped.steps if s.note == "degenerate:truncated"]
     accepted_when_kept = [s for s in kept.steps if s.accepted]

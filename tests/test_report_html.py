@@ -73,9 +73,20 @@ class Page:
 def browser():
     profile = tempfile.mkdtemp(prefix="cai-chromium-")
     proc = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
-         "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1400,1000", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "--window-size=1400,1000",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     port_file = Path(profile) / "DevToolsActivePort"
     deadline = time.monotonic() + 60
@@ -115,11 +126,15 @@ def report_file(tmp_path_factory) -> Path:
     asyncio.run(scripted_run(root / "run-b", seed=1))
     train = root / "dpo"
     train.mkdir()
-    log = [{"step": s, "loss": 0.7 - 0.05 * s, "rewards/margins": 0.1 * s, "rewards/accuracies": min(1, 0.5 + 0.1 * s)}
-           for s in range(1, 8)] + [{"step": 7, "eval_loss": 0.45}]
+    log = [
+        {"step": s, "loss": 0.7 - 0.05 * s, "rewards/margins": 0.1 * s, "rewards/accuracies": min(1, 0.5 + 0.1 * s)}
+        for s in range(1, 8)
+    ] + [{"step": 7, "eval_loss": 0.45}]
     (train / "trainer_log.json").write_text(json.dumps(log))
     out = root / "report.html"
-    result = CliRunner().invoke(app, ["report", str(root / "run-a"), str(root / "run-b"), str(train), "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["report", str(root / "run-a"), str(root / "run-b"), str(train), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -139,7 +154,16 @@ def test_report_in_headless_chromium(browser: int, report_file: Path, tmp_path: 
         return {name: f.dataset.plot, w: r.width, h: r.height, marks: s ? s.querySelectorAll('path, use, rect').length : 0};
     })""")
     names = [p["name"] for p in plots]
-    for name in ("funnel", "dropped", "principles", "lengths", "margins", "throughput", "training-loss", "training-rewards"):
+    for name in (
+        "funnel",
+        "dropped",
+        "principles",
+        "lengths",
+        "margins",
+        "throughput",
+        "training-loss",
+        "training-rewards",
+    ):
         assert name in names, names
     assert names.count("funnel") == 2  # two runs side by side
     for p in plots:
@@ -152,8 +176,10 @@ def test_report_in_headless_chromium(browser: int, report_file: Path, tmp_path: 
     assert total == 10  # 5 samples x 2 runs
 
     def choose(select: str, value: str) -> list[str]:
-        page.js(f"(() => {{ const s = document.getElementById('{select}'); s.value = {json.dumps(value)}; "
-                "s.dispatchEvent(new Event('change')); })()")
+        page.js(
+            f"(() => {{ const s = document.getElementById('{select}'); s.value = {json.dumps(value)}; "
+            "s.dispatchEvent(new Event('change')); })()"
+        )
         return page.js(f"{visible}.map(e => e.dataset.outcome + '/' + e.dataset.reasons)")
 
     shown = choose("f-reason", "repeated_ngrams")

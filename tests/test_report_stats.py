@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cai.stats import near_duplicate_clusters, run_stats, write_stats
+from cai.stats import near_duplicate_clusters, write_stats
 from tests.quality_runs import PROMPTS, scripted_run
 
 
@@ -30,8 +30,13 @@ async def test_run_stats_count_the_funnel_and_every_drop_reason(tmp_path):
 
 def test_near_duplicates_are_clustered():
     base = "How do I pick the lock on my own front door when I have lost the key?"
-    texts = [base, base.replace("front", "back"), "What is the capital of France and why?",
-             base + " Please help.", "Completely different question about cooking pasta at home tonight."]
+    texts = [
+        base,
+        base.replace("front", "back"),
+        "What is the capital of France and why?",
+        base + " Please help.",
+        "Completely different question about cooking pasta at home tonight.",
+    ]
     clusters = near_duplicate_clusters(texts, threshold=0.6)
     assert clusters == [[0, 1, 3]]
     assert near_duplicate_clusters(texts, threshold=0.99) == []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -20,7 +20,11 @@ CONST = Constitution.model_validate(
     {
         "name": "t",
         "principles": [
-            {"name": f"p{i}", "critique": f"CRITIQUE-{i}: find harm.", "revision": f"REVISE-{i}: rewrite it safely please."}
+            {
+                "name": f"p{i}",
+                "critique": f"CRITIQUE-{i}: find harm.",
+                "revision": f"REVISE-{i}: rewrite it safely please.",
+            }
             for i in range(4)
         ],
         "few_shot": [
@@ -62,8 +66,12 @@ async def test_conversation_grows_one_prefix():
     calls = [m for m, _ in model.calls]
     assert calls[0] == [{"role": "user", "content": "how do I pick a lock?"}]  # unsteered initial answer
     assert [m["content"] for m in calls[1][:6]] == [
-        "shot prompt", "shot response", "shot critique request", "shot critique",
-        "shot revision request", "shot revision",
+        "shot prompt",
+        "shot response",
+        "shot critique request",
+        "shot critique",
+        "shot revision request",
+        "shot revision",
     ]
     for before, after in zip(calls[1:], calls[2:]):  # each call extends the previous one
         assert after[: len(before)] == before
@@ -145,9 +153,8 @@ async def test_critique_parroting_its_request_is_no_early_stop():
     # real critique requests quote the stop phrase; a small model that repeats the request
     # must not thereby declare the answer fine
     echo = "CRITIQUE-0: find harm. If nothing is wrong, say: All good here."
-    const = CONST.model_copy(
-        update={"principles": [CONST.principles[0].model_copy(update={"critique": echo})]}
-    )
+    const = CONST.model_copy(update={"principles": [CONST.principles[0].model_copy(update={"critique": echo})]})
+
     def script(messages, params):
         last = messages[-1]["content"]
         if last == echo:

@@ -50,8 +50,12 @@ class SlowJudge(PointwiseJudge):
         self.calls.append(len(items))
         self.seen.extend(items)
         await asyncio.sleep(self.delay)
-        return [Score(1.0 if "tension wrench" in r else 0.0) if "unparseable" not in r else
-                Score(None, "unparseable", raw="maybe?") for _, r in items]
+        return [
+            Score(1.0 if "tension wrench" in r else 0.0)
+            if "unparseable" not in r
+            else Score(None, "unparseable", raw="maybe?")
+            for _, r in items
+        ]
 
 
 class FixedEngine:
@@ -89,8 +93,9 @@ def keyless(judge: PointwiseJudge, **overrides) -> LiveServer:
 
 
 def templated(tokenizer, text: str) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def experience_tensors(output: dict) -> dict:
@@ -113,8 +118,9 @@ def test_256_concurrent_single_item_rewards_all_arrive_batched(reward_server, to
     judge = reward_server.judge
     judge.calls.clear()
     prompts = [templated(tokenizer, f"How do I pick lock number {i}?") for i in range(256)]
-    outputs = asyncio.run(run_rollouts(reward_server.url, tokenizer, prompts,
-                                       "Insert a tension wrench, then rake the pins."))
+    outputs = asyncio.run(
+        run_rollouts(reward_server.url, tokenizer, prompts, "Insert a tension wrench, then rake the pins.")
+    )
     rewards = [o["reward"] for o in outputs]
     assert sum(r is None for r in rewards) == 0
     assert all(r == [-1.0] and o["scores"] == [-1.0] for r, o in zip(rewards, outputs))
@@ -129,8 +135,9 @@ def test_256_concurrent_single_item_rewards_all_arrive_batched(reward_server, to
 def test_judge_sees_the_conversation_not_the_template(reward_server, tokenizer):
     judge = reward_server.judge
     judge.seen.clear()
-    outputs = asyncio.run(run_rollouts(reward_server.url, tokenizer, [templated(tokenizer, "Hi there")],
-                                       "Hello! How can I help?"))
+    outputs = asyncio.run(
+        run_rollouts(reward_server.url, tokenizer, [templated(tokenizer, "Hi there")], "Hello! How can I help?")
+    )
     assert outputs[0]["reward"] == [0.0]
     ((prompt, response),) = judge.seen
     # the template's default system turn is the template's, not the user's: dropped
@@ -139,8 +146,7 @@ def test_judge_sees_the_conversation_not_the_template(reward_server, tokenizer):
 
 
 def test_unscored_item_gets_the_judges_worst_reward(reward_server, tokenizer):
-    outputs = asyncio.run(run_rollouts(reward_server.url, tokenizer, [templated(tokenizer, "Hi")],
-                                       "unparseable"))
+    outputs = asyncio.run(run_rollouts(reward_server.url, tokenizer, [templated(tokenizer, "Hi")], "unparseable"))
     # ViolationJudge-like scale (0..1, lower is better): the worst reward is -1, not 0 (the best)
     assert outputs[0]["reward"] == [-1.0]
     assert experience_tensors(outputs[0])["unscored"].tolist() == [[1.0]]
@@ -149,6 +155,7 @@ def test_unscored_item_gets_the_judges_worst_reward(reward_server, tokenizer):
 def test_full_queue_is_503_with_a_clear_message():
     judge = SlowJudge(delay=1.5)
     with keyless(judge, **{"judge.max_queue": 4}) as s:
+
         async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(timeout=30) as client:
                 # the first batch is taken at once; 4 more wait; the rest do not fit
@@ -174,6 +181,7 @@ def test_judge_without_a_scale_needs_an_explicit_unscored_reward():
     cfg = load_config(None, {"auth.allow_unauthenticated": True, "wrapper.mode": "off"}, environ={})
     with pytest.raises(ConfigError, match="judge.unscored_reward"):
         create_app(cfg, model=ScriptedModel(loop_script), pointwise=Unbounded())
-    cfg = load_config(None, {"auth.allow_unauthenticated": True, "wrapper.mode": "off",
-                             "judge.unscored_reward": -5}, environ={})
+    cfg = load_config(
+        None, {"auth.allow_unauthenticated": True, "wrapper.mode": "off", "judge.unscored_reward": -5}, environ={}
+    )
     assert create_app(cfg, model=ScriptedModel(loop_script), pointwise=Unbounded()).state.cai.rewards.unscored == -5

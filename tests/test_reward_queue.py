@@ -33,10 +33,12 @@ class TimedJudge(PointwiseJudge):
 def test_reward_requests_queue_past_the_in_flight_limit_and_are_batched():
     judge = TimedJudge()
     with serve(ScriptedModel(loop_script), pointwise=judge, overrides={"limits.max_concurrency": 1}) as s:
+
         async def burst():
             async with httpx.AsyncClient(timeout=30, headers=REWARD) as client:
-                return await asyncio.gather(*(client.post(s.base_url + "/reward", json={"query": ["x" * i]})
-                                              for i in range(1, 17)))
+                return await asyncio.gather(
+                    *(client.post(s.base_url + "/reward", json={"query": ["x" * i]}) for i in range(1, 17))
+                )
 
         answers = asyncio.run(burst())
     assert [r.status_code for r in answers] == [200] * 16, [r.text[:100] for r in answers]

@@ -13,27 +13,36 @@ from fastapi.responses import JSONResponse
 from cai.models import ScriptedModel
 from cai.server.client import RewardServerError, remote_reward_function
 from tests.test_server_util import LiveServer, serve
-from tests.test_training import tiny_hf_dir  # noqa: F401 (a fixture)
 from tests.test_wrapper import loop_script
 
 
 @pytest.fixture(scope="module")
 def refusal_server():
     # rules:refusal: 1.0 for a refusal, else 0.0; at most 4 items per request
-    with serve(ScriptedModel(loop_script),
-               overrides={"judge.pointwise": "rules:refusal", "limits.max_batch": 4}) as s:
+    with serve(ScriptedModel(loop_script), overrides={"judge.pointwise": "rules:refusal", "limits.max_batch": 4}) as s:
         yield s
 
 
 def test_content_parts_and_tool_call_completions(refusal_server):
     reward = remote_reward_function(refusal_server.url, api_key="sk-reward")
-    prompts = [[{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
-                {"role": "user", "content": [{"type": "text", "text": "Pick a lock?"}]}],
-               [{"role": "user", "content": "What's the weather?"}]]
-    completions = [[{"role": "assistant", "content": [{"type": "text", "text": "I can't help with that."}]}],
-                   [{"role": "assistant", "content": None,
-                     "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}]},
-                    {"role": "tool", "content": "sunny"}]]
+    prompts = [
+        [
+            {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+            {"role": "user", "content": [{"type": "text", "text": "Pick a lock?"}]},
+        ],
+        [{"role": "user", "content": "What's the weather?"}],
+    ]
+    completions = [
+        [{"role": "assistant", "content": [{"type": "text", "text": "I can't help with that."}]}],
+        [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}],
+            },
+            {"role": "tool", "content": "sunny"},
+        ],
+    ]
     assert reward(prompts, completions) == [1.0, 0.0]
 
 
@@ -98,7 +107,8 @@ def test_one_grpo_step_with_the_remote_reward(refusal_server, tiny_hf_dir, tmp_p
 
     reward.__name__ = remote.__name__
     rl = load_recipe("grpo-embedded-cpu", model=str(tiny_hf_dir))
-    result = train_rl(SFT, tmp_path / "grpo", reward_funcs=[reward],
-                      recipe=rl.with_args(max_steps=1, max_completion_length=8))
+    result = train_rl(
+        SFT, tmp_path / "grpo", reward_funcs=[reward], recipe=rl.with_args(max_steps=1, max_completion_length=8)
+    )
     logged = [e[k] for e in result.log_history for k in e if k.startswith("rewards/cai_remote_reward")]
     assert calls and logged and all(0.0 <= r <= 1.0 for r in logged), result.log_history

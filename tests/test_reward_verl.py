@@ -43,8 +43,12 @@ def custom_reward_fn(name: str, reward_kwargs: dict):
 
 
 async def run_single(compute_score, response: str, extra_info: dict) -> dict:
-    kwargs = dict(data_source="hh", solution_str=response, ground_truth=None,
-                  extra_info={**extra_info, "num_turns": None, "rollout_reward_scores": {}})
+    kwargs = dict(
+        data_source="hh",
+        solution_str=response,
+        ground_truth=None,
+        extra_info={**extra_info, "num_turns": None, "rollout_reward_scores": {}},
+    )
     if inspect.iscoroutinefunction(compute_score):
         result = await compute_score(**kwargs)
     else:
@@ -63,8 +67,9 @@ def rollouts(compute_score, n: int = 32):
     responses = [REFUSAL if i % 2 else "Sure, here is how." for i in range(n)]
 
     async def all_of_them():
-        return await asyncio.gather(*(run_single(compute_score, r, {"prompt": f"Question {i}?"})
-                                      for i, r in enumerate(responses)))
+        return await asyncio.gather(
+            *(run_single(compute_score, r, {"prompt": f"Question {i}?"}) for i, r in enumerate(responses))
+        )
 
     return asyncio.run(all_of_them())
 

@@ -31,8 +31,12 @@ def _samples(n: int) -> list[Sample]:
 def _work(model):
     async def work(sample: Sample) -> Outcome:
         a = await model.chat([{"role": "user", "content": f"q{sample.data['n']}"}])
-        b = await model.chat([{"role": "user", "content": f"q{sample.data['n']}"}, {"role": "assistant", "content": a.text}])
-        return Outcome(record={"id": sample.id, "n": sample.data["n"], "text": b.text}, counters={"ok": 1}, usage=a.usage + b.usage)
+        b = await model.chat(
+            [{"role": "user", "content": f"q{sample.data['n']}"}, {"role": "assistant", "content": a.text}]
+        )
+        return Outcome(
+            record={"id": sample.id, "n": sample.data["n"], "text": b.text}, counters={"ok": 1}, usage=a.usage + b.usage
+        )
 
     return work
 

@@ -18,8 +18,12 @@ from tests.test_server_util import serve
 
 ALL = {"authorization": "Bearer sk-all"}
 CHAT = {"model": "cai", "messages": [{"role": "user", "content": "Hi"}]}
-LIMITS = {"limits.max_concurrency": 2, "limits.header_timeout_s": 1.0, "limits.body_timeout_s": 1.0,
-          "limits.keep_alive_s": 1.0}
+LIMITS = {
+    "limits.max_concurrency": 2,
+    "limits.header_timeout_s": 1.0,
+    "limits.body_timeout_s": 1.0,
+    "limits.keep_alive_s": 1.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
         while chunk := sock.recv(65536):
             data += chunk
         return True, data
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return False, data
     except ConnectionResetError:
         return True, data
@@ -52,8 +56,10 @@ def test_clients_that_never_send_the_body_hold_no_slot_and_get_408(server):
     stalled = []
     for _ in range(4):  # twice max_concurrency
         sock = _connect(server)
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-all\r\n"
-                     b"content-type: application/json\r\ncontent-length: 400\r\n\r\n")
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-all\r\n"
+            b"content-type: application/json\r\ncontent-length: 400\r\n\r\n"
+        )
         stalled.append(sock)
     time.sleep(0.2)
     ok = httpx.post(server.base_url + "/chat/completions", json=CHAT, headers=ALL, timeout=10)
@@ -84,12 +90,17 @@ def test_slow_headers_and_idle_keep_alive_are_closed(server):
 
 
 def test_key_is_checked_before_the_body_is_parsed_and_no_schema_without_key(server):
-    bad = httpx.post(server.base_url + "/chat/completions", content=b"{not json", timeout=10,
-                     headers={"content-type": "application/json"})
+    bad = httpx.post(
+        server.base_url + "/chat/completions",
+        content=b"{not json",
+        timeout=10,
+        headers={"content-type": "application/json"},
+    )
     assert bad.status_code == 401, bad.text  # was 400: the body was parsed first
     assert httpx.get(server.url + "/openapi.json", timeout=10).status_code == 404
-    wrong_route = httpx.post(server.base_url + "/reward", content=b"{", timeout=10,
-                             headers={"authorization": "Bearer sk-chat"})
+    wrong_route = httpx.post(
+        server.base_url + "/reward", content=b"{", timeout=10, headers={"authorization": "Bearer sk-chat"}
+    )
     assert wrong_route.status_code == 403
 
 
@@ -97,8 +108,9 @@ def test_upstream_error_text_never_reaches_the_client():
     def leaky(messages, params):
         from cai.models import TransientModelError
 
-        raise TransientModelError("Error code: 500 - auth header 'Bearer sk-upstream-SECRET' at llm.internal.corp",
-                                  reason="server_error")
+        raise TransientModelError(
+            "Error code: 500 - auth header 'Bearer sk-upstream-SECRET' at llm.internal.corp", reason="server_error"
+        )
 
     with serve(ScriptedModel(leaky)) as s:
         r = httpx.post(s.base_url + "/chat/completions", json=CHAT, headers=ALL, timeout=10)
@@ -107,8 +119,15 @@ def test_upstream_error_text_never_reaches_the_client():
 
 
 def test_access_log_drops_query_strings():
-    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-                               ("127.0.0.1:5", "GET", "/v1/models?api_key=sk-in-query", "1.1", 401), None)
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/v1/models?api_key=sk-in-query", "1.1", 401),
+        None,
+    )
     PathOnlyAccessLog().filter(record)
     assert "sk-in-query" not in record.getMessage() and "/v1/models" in record.getMessage()
 

@@ -17,12 +17,25 @@ from tests.test_wrapper import CRITIQUES, REVISIONS, loop_script
 ASK = [{"role": "user", "content": "How do I hotwire a car?"}]
 TOOL_TURNS = [
     {"role": "user", "content": "What is the weather in Paris?"},
-    {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    },
     {"role": "tool", "tool_call_id": "call_1", "content": "18 C and sunny"},
 ]
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather of a city",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 
 
 def script(messages, params):
@@ -82,16 +95,20 @@ def test_finish_reason_length_when_the_answer_is_cut_off(revising, passthrough):
 
 
 def test_n_independent_answers_in_revising_and_off_modes(revising, passthrough):
-    r = client(revising).chat.completions.create(model="cai", messages=ASK, n=2, seed=7,
-                                                 extra_body={"cai": {"trace": True}})
+    r = client(revising).chat.completions.create(
+        model="cai", messages=ASK, n=2, seed=7, extra_body={"cai": {"trace": True}}
+    )
     assert [c.index for c in r.choices] == [0, 1]
     assert all(c.message.content.startswith("I can't help") for c in r.choices)
     traces = r.model_extra["cai_trace"]
     assert [t["initial"][-8:] for t in traces] == ["(seed 7)", "(seed 8)"]  # two loops, own seeds
     single = client(revising).chat.completions.create(model="cai", messages=ASK)
     assert r.usage.completion_tokens == 2 * single.usage.completion_tokens
-    chunks = list(client(revising).chat.completions.create(
-        model="cai", messages=ASK, n=2, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client(revising).chat.completions.create(
+            model="cai", messages=ASK, n=2, stream=True, stream_options={"include_usage": True}
+        )
+    )
     texts = {0: "", 1: ""}
     for chunk in chunks:
         for choice in chunk.choices:
@@ -120,8 +137,9 @@ def test_tools_response_format_logprobs_reach_the_upstream_in_mode_off(passthrou
     assert [t.token for t in content][:2] == ["The", " weather"] and len(content[0].top_logprobs) == 2
 
 
-@pytest.mark.parametrize("field,value", [("tools", TOOLS), ("response_format", {"type": "json_object"}),
-                                         ("logprobs", True)])
+@pytest.mark.parametrize(
+    "field,value", [("tools", TOOLS), ("response_format", {"type": "json_object"}), ("logprobs", True)]
+)
 def test_revising_modes_refuse_what_they_cannot_honour_naming_the_parameter(revising, field, value):
     with pytest.raises(openai.BadRequestError) as err:
         client(revising).chat.completions.create(model="cai", messages=ASK, **{field: value})
@@ -140,16 +158,22 @@ def test_system_fingerprint_and_vllm_fields(revising, passthrough):
     chunks = list(client(revising).chat.completions.create(model="cai", messages=ASK, stream=True))
     assert {c.system_fingerprint for c in chunks} == {r.system_fingerprint}
     # a different mode/upstream is a different fingerprint
-    assert client(passthrough).chat.completions.create(model="cai", messages=ASK).system_fingerprint \
+    assert (
+        client(passthrough).chat.completions.create(model="cai", messages=ASK).system_fingerprint
         != r.system_fingerprint
+    )
 
 
 @pytest.mark.slow
 def test_tool_result_turn_on_the_embedded_model(embedded_model):
     """The real chat template sees the tool-call turn and the tool result (both modes)."""
     for mode in ("off", "always"):
-        overrides = {"wrapper.mode": mode, "wrapper.revisions": 1, "wrapper.few_shot": False,
-                     "limits.request_timeout_s": 600}
+        overrides = {
+            "wrapper.mode": mode,
+            "wrapper.revisions": 1,
+            "wrapper.few_shot": False,
+            "limits.request_timeout_s": 600,
+        }
         with serve(embedded_model, overrides=overrides) as s:
             c = openai.OpenAI(base_url=s.base_url, api_key="sk-all", max_retries=0, timeout=600)
             r = c.chat.completions.create(model="cai", messages=TOOL_TURNS, max_tokens=8)

@@ -12,9 +12,8 @@ import openai
 import pytest
 
 from cai.models import ScriptedModel, TransientModelError
-from cai.server.config import ConfigError, load_config
 from tests.test_server_util import serve
-from tests.test_wrapper import CRITIQUES, REVISIONS, FixedJudge, loop_script
+from tests.test_wrapper import loop_script
 
 ALL = {"authorization": "Bearer sk-all"}
 CHAT = {"model": "cai", "messages": [{"role": "user", "content": "How do I hotwire a car?"}]}
@@ -37,8 +36,9 @@ def loop_server():
 
 def test_openai_client_non_streaming_gets_revised_text_usage_and_trace(loop_server):
     client = openai.OpenAI(base_url=loop_server.base_url, api_key="sk-all")
-    r = client.chat.completions.create(model="cai", messages=CHAT["messages"], max_tokens=32,
-                                       extra_body={"cai": {"trace": True}})
+    r = client.chat.completions.create(
+        model="cai", messages=CHAT["messages"], max_tokens=32, extra_body={"cai": {"trace": True}}
+    )
     assert r.choices[0].message.content.startswith("I can't help with stealing a car")
     assert r.choices[0].finish_reason == "stop" and r.object == "chat.completion" and r.model == "cai"
     trace = r.model_extra["cai_trace"]
@@ -54,9 +54,15 @@ def test_openai_client_non_streaming_gets_revised_text_usage_and_trace(loop_serv
 
 def test_openai_client_streaming_runs_the_loop_first(loop_server):
     client = openai.OpenAI(base_url=loop_server.base_url, api_key="sk-all")
-    chunks = list(client.chat.completions.create(
-        model="cai", messages=CHAT["messages"], stream=True, stream_options={"include_usage": True},
-        extra_body={"cai": {"trace": True}}))
+    chunks = list(
+        client.chat.completions.create(
+            model="cai",
+            messages=CHAT["messages"],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"cai": {"trace": True}},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.startswith("I can't help with stealing a car")
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # really streamed
@@ -74,8 +80,9 @@ def test_openai_client_streaming_runs_the_loop_first(loop_server):
 def test_auth_401_403_and_keys_never_echoed(loop_server):
     url = loop_server.base_url + "/chat/completions"
     assert_openai_error(httpx.post(url, json=CHAT), 401, "invalid_api_key")
-    err = assert_openai_error(httpx.post(url, json=CHAT, headers={"authorization": "Bearer sk-wrong-secret"}),
-                              401, "invalid_api_key")
+    err = assert_openai_error(
+        httpx.post(url, json=CHAT, headers={"authorization": "Bearer sk-wrong-secret"}), 401, "invalid_api_key"
+    )
     assert "sk-wrong-secret" not in json.dumps(err)
     assert_openai_error(httpx.post(url, json=CHAT, headers={"authorization": "Basic sk-all"}), 401)
     assert_openai_error(httpx.post(url, json=CHAT, headers={"authorization": "Bearer sk-reward"}), 403, "forbidden")
@@ -107,8 +114,9 @@ def test_upstream_failure_is_502_with_reason():
         raise TransientModelError("connection refused by 10.0.0.9:8000", reason="connection")
 
     with serve(ScriptedModel(broken)) as s:
-        err = assert_openai_error(httpx.post(s.base_url + "/chat/completions", json=CHAT, headers=ALL),
-                                  502, "upstream_error")
+        err = assert_openai_error(
+            httpx.post(s.base_url + "/chat/completions", json=CHAT, headers=ALL), 502, "upstream_error"
+        )
         assert "(connection)" in err["message"] and err["type"] == "upstream_error"
         assert "10.0.0.9" not in err["message"]  # the reason, never the upstream's own text
         assert 'cai_upstream_errors_total{reason="connection"} 1.0' in httpx.get(s.url + "/metrics").text
@@ -124,8 +132,9 @@ def test_timeout_is_504():
 async def test_concurrency_limit_is_429_and_frees_up():
     with serve(ScriptedModel(loop_script, delay=0.5), overrides={"limits.max_concurrency": 2}) as s:
         async with httpx.AsyncClient(headers=ALL, timeout=10) as client:
-            replies = await asyncio.gather(*(client.post(s.base_url + "/chat/completions", json=CHAT)
-                                             for _ in range(6)))
+            replies = await asyncio.gather(
+                *(client.post(s.base_url + "/chat/completions", json=CHAT) for _ in range(6))
+            )
             codes = sorted(r.status_code for r in replies)
             assert codes.count(200) == 2 and codes.count(429) == 4, codes
             for r in replies:
@@ -143,10 +152,15 @@ async def test_load_200_concurrent_requests_no_5xx():
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         async with httpx.AsyncClient(headers=ALL, timeout=60, limits=limits) as client:
             start = time.perf_counter()
-            replies = await asyncio.gather(*(
-                client.post(s.base_url + "/chat/completions",
-                            json={**CHAT, "stream": i % 2 == 1, "cai": {"trace": i % 3 == 0}})
-                for i in range(200)))
+            replies = await asyncio.gather(
+                *(
+                    client.post(
+                        s.base_url + "/chat/completions",
+                        json={**CHAT, "stream": i % 2 == 1, "cai": {"trace": i % 3 == 0}},
+                    )
+                    for i in range(200)
+                )
+            )
             elapsed = time.perf_counter() - start
         assert elapsed < 60
         assert [r.status_code for r in replies] == [200] * 200
@@ -154,8 +168,7 @@ async def test_load_200_concurrent_requests_no_5xx():
             if i % 2 == 1:
                 events = [e for e in r.text.split("\n\n") if e]
                 assert events[-1] == "data: [DONE]"
-                text = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content") or ""
-                               for e in events[:-1])
+                text = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content") or "" for e in events[:-1])
             else:
                 body = r.json()
                 text = body["choices"][0]["message"]["content"]
@@ -170,8 +183,7 @@ async def test_load_200_concurrent_requests_no_5xx():
 
 def test_block_mode_with_a_configured_judge_and_metrics():
     # a rules judge from the config: answers mentioning "ignition" count as violations
-    overrides = {"wrapper.mode": "block", "wrapper.refusal": "Not with me.",
-                 "wrapper.judges": ["rules:regex:ignition"]}
+    overrides = {"wrapper.mode": "block", "wrapper.refusal": "Not with me.", "wrapper.judges": ["rules:regex:ignition"]}
     with serve(ScriptedModel(loop_script), overrides=overrides) as s:
         r = httpx.post(s.base_url + "/chat/completions", json={**CHAT, "cai": {"trace": True}}, headers=ALL).json()
         assert r["choices"][0]["message"]["content"] == "Not with me."
@@ -191,8 +203,10 @@ def test_openai_upstream_errors_map_to_502_and_400():
         with serve(upstream) as s:
             url = s.base_url + "/chat/completions"
             client = openai.OpenAI(base_url=s.base_url, api_key="sk-all", max_retries=0)
-            assert client.chat.completions.create(model="cai", messages=CHAT["messages"]).choices[0] \
-                .message.content == "Fine."
+            assert (
+                client.chat.completions.create(model="cai", messages=CHAT["messages"]).choices[0].message.content
+                == "Fine."
+            )
             stub.inject("500", "drop", "context")
             assert_openai_error(httpx.post(url, json=CHAT, headers=ALL), 502, "upstream_error")
             assert_openai_error(httpx.post(url, json=CHAT, headers=ALL), 502, "upstream_error")

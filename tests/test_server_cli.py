@@ -27,8 +27,22 @@ def test_cli_serves_config_env_and_flags(tmp_path):
     cfg.write_text("served_model_name: wrong-name\nwrapper:\n  mode: off\nlimits:\n  max_concurrency: 4\n")
     with StubOpenAIServer(reply="Hello from upstream.") as stub:
         env = {**os.environ, "CAI_SERVE_AUTH__KEYS": "sk-cli chat,models"}
-        cmd = [sys.executable, "-m", "cai.cli", "serve", "--config", str(cfg), "--port", str(port),
-               "--model", "openai:stub", "--base-url", stub.base_url, "--served-model-name", "guarded"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cai.cli",
+            "serve",
+            "--config",
+            str(cfg),
+            "--port",
+            str(port),
+            "--model",
+            "openai:stub",
+            "--base-url",
+            stub.base_url,
+            "--served-model-name",
+            "guarded",
+        ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 120
@@ -54,7 +68,11 @@ def test_cli_serves_config_env_and_flags(tmp_path):
 def test_cli_reports_config_errors(tmp_path):
     cfg = tmp_path / "serve.yaml"
     cfg.write_text("wrapper:\n  mode: sometimes\n")
-    out = subprocess.run([sys.executable, "-m", "cai.cli", "serve", "--config", str(cfg), "--no-auth"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "cai.cli", "serve", "--config", str(cfg), "--no-auth"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert f"{cfg}:2: field wrapper.mode" in out.stderr

@@ -21,15 +21,19 @@ def judge_server():
     # the pairwise judge's model always prefers the first response shown: position bias
     biased = ScriptedModel(lambda m, p: "A", capabilities=Capabilities())
     overrides = {"judge.pointwise": "rules:refusal"}
-    with serve(ScriptedModel(loop_script), overrides=overrides,
-               pairwise=load_judge("pairwise:scripted", model=biased)) as s:
+    with serve(
+        ScriptedModel(loop_script), overrides=overrides, pairwise=load_judge("pairwise:scripted", model=biased)
+    ) as s:
         yield s
 
 
 def test_reward_in_openrlhf_shape(judge_server):
     prompts = ["<|user|>How do I pick a lock?<|assistant|>", "<|user|>Hi<|assistant|>"]
-    body = {"query": [prompts[0] + "I can't help with that.", prompts[1] + "Hello! How can I help?"],
-            "prompts": prompts, "labels": ["", ""]}
+    body = {
+        "query": [prompts[0] + "I can't help with that.", prompts[1] + "Hello! How can I help?"],
+        "prompts": prompts,
+        "labels": ["", ""],
+    }
     r = httpx.post(judge_server.base_url + "/reward", json=body, headers=REWARD)
     assert r.status_code == 200, r.text
     out = r.json()
@@ -47,8 +51,9 @@ def test_reward_in_cai_shape_and_errors(judge_server):
     assert_openai_error(httpx.post(url, json={"items": items, "query": ["a"]}, headers=REWARD), 400)
     assert_openai_error(httpx.post(url, json={"query": ["a", "b"], "prompts": ["a"]}, headers=REWARD), 400)
     assert_openai_error(httpx.post(url, json={"items": items * 600}, headers=REWARD), 413, "batch_too_large")
-    assert_openai_error(httpx.post(url, json={"items": items}, headers={"authorization": "Bearer sk-chat"}),
-                        403, "forbidden")
+    assert_openai_error(
+        httpx.post(url, json={"items": items}, headers={"authorization": "Bearer sk-chat"}), 403, "forbidden"
+    )
 
 
 def test_judge_pairwise_and_pointwise(judge_server):
@@ -59,19 +64,24 @@ def test_judge_pairwise_and_pointwise(judge_server):
     assert res["type"] == "pairwise" and len(res["orders"]) == 2
     # the model always answers "A": the two orders disagree, which must be flagged, not hidden
     assert res["consistent"] is False
-    r = httpx.post(url, json={"items": [{"prompt": "Hi", "response": "I can't help with that."},
-                                        {"prompt": "Hi", "a": "x", "b": "y"}]}, headers=REWARD)
+    r = httpx.post(
+        url,
+        json={"items": [{"prompt": "Hi", "response": "I can't help with that."}, {"prompt": "Hi", "a": "x", "b": "y"}]},
+        headers=REWARD,
+    )
     kinds = [x["type"] for x in r.json()["results"]]
     assert kinds == ["pointwise", "pairwise"] and r.json()["results"][0]["value"] == 1.0
     assert_openai_error(httpx.post(url, json={"prompt": "Hi", "a": "x"}, headers=REWARD), 400)
-    assert_openai_error(httpx.post(url, json={"prompt": "Hi", "response": "x", "a": "y", "b": "z"},
-                                   headers=REWARD), 400)
+    assert_openai_error(
+        httpx.post(url, json={"prompt": "Hi", "response": "x", "a": "y", "b": "z"}, headers=REWARD), 400
+    )
 
 
 def test_judge_not_configured_is_404():
     with serve(ScriptedModel(loop_script)) as s:
-        assert_openai_error(httpx.post(s.base_url + "/reward", json={"query": ["x"]}, headers=ALL),
-                            404, "judge_not_configured")
+        assert_openai_error(
+            httpx.post(s.base_url + "/reward", json={"query": ["x"]}, headers=ALL), 404, "judge_not_configured"
+        )
 
 
 def test_config_errors_name_file_line_and_field(tmp_path):
@@ -110,8 +120,10 @@ def test_remote_reward_function_for_trl(judge_server):
 
     reward = remote_reward_function(judge_server.url, api_key="sk-reward")
     prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Pick a lock?"}]]
-    completions = [[{"role": "assistant", "content": "Hello!"}],
-                   [{"role": "assistant", "content": "I can't help with that."}]]
+    completions = [
+        [{"role": "assistant", "content": "Hello!"}],
+        [{"role": "assistant", "content": "I can't help with that."}],
+    ]
     assert reward(prompts, completions) == [0.0, 1.0]
     assert reward(["Hi"], ["I cannot do that."]) == [1.0]
     with pytest.raises(RuntimeError, match="403"):

@@ -24,29 +24,21 @@ pytestmark = pytest.mark.slow
 PAIRS = [
     {
         "prompt": [{"role": "user", "content": question}],
-        "chosen": [{"role": "assistant", "content": "I can't help with that, but I can point you to safe, legal resources."}],
+        "chosen": [
+            {"role": "assistant", "content": "I can't help with that, but I can point you to safe, legal resources."}
+        ],
         "rejected": [{"role": "assistant", "content": "Sure! Here is exactly how to do it, step by step."}],
     }
-    for question in ("How do I pick a lock?", "How can I hurt someone?", "How do I make a weapon?", "How do I steal a car?")
+    for question in (
+        "How do I pick a lock?",
+        "How can I hurt someone?",
+        "How do I make a weapon?",
+        "How do I steal a car?",
+    )
 ]
 SFT = [{"messages": p["prompt"] + p["chosen"]} for p in PAIRS]
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "red_team_prompts.jsonl"
 FAST = {"max_steps": 2, "learning_rate": 1e-4, "max_length": 96}
-
-
-@pytest.fixture(scope="session")
-def tiny_hf_dir(embedded_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    full = AutoModelForCausalLM.from_pretrained(embedded_hf_dir)
-    config = full.config
-    config.num_hidden_layers = 2
-    tiny = AutoModelForCausalLM.from_config(config)
-    tiny.load_state_dict(full.state_dict(), strict=False)  # keeps embeddings + layers 0-1
-    folder = tmp_path_factory.mktemp("tiny-smollm2")
-    tiny.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(embedded_hf_dir).save_pretrained(folder)
-    return folder
 
 
 def recipe(name: str, model: Path, **args):
@@ -78,7 +70,7 @@ def completion_logps(folder: Path, pairs: list[dict], key: str) -> list[float]:
             logps = model(ids).logits.log_softmax(-1)[0, :-1]
         targets = ids[0, 1:]
         token_logps = logps.gather(-1, targets[:, None])[:, 0]
-        out.append(token_logps[len(prompt_ids) - 1:].sum().item())
+        out.append(token_logps[len(prompt_ids) - 1 :].sum().item())
     return out
 
 
@@ -110,7 +102,10 @@ def test_dpo_moves_the_reward_margin_and_records_provenance(tiny_hf_dir, tmp_pat
     finite_losses(result.log_history)
     assert result.metrics["rewards/margins"] > 0
     # the implicit DPO reward margin on the training pairs, measured independently of TRL
-    policy_c, policy_r = completion_logps(result.path, PAIRS, "chosen"), completion_logps(result.path, PAIRS, "rejected")
+    policy_c, policy_r = (
+        completion_logps(result.path, PAIRS, "chosen"),
+        completion_logps(result.path, PAIRS, "rejected"),
+    )
     ref_c, ref_r = completion_logps(tiny_hf_dir, PAIRS, "chosen"), completion_logps(tiny_hf_dir, PAIRS, "rejected")
     margins = [(pc - rc) - (pr - rr) for pc, rc, pr, rr in zip(policy_c, ref_c, policy_r, ref_r)]
     assert sum(margins) / len(margins) > 0.5, margins
@@ -129,7 +124,9 @@ def test_training_resumes_from_its_last_checkpoint(tiny_hf_dir, tmp_path):
     from training.provenance import DONE_FILE
 
     out = tmp_path / "dpo"
-    first = train_dpo(PAIRS, out, recipe=recipe("dpo-embedded-cpu", tiny_hf_dir, max_steps=2, save_steps=1, save_total_limit=None))
+    first = train_dpo(
+        PAIRS, out, recipe=recipe("dpo-embedded-cpu", tiny_hf_dir, max_steps=2, save_steps=1, save_total_limit=None)
+    )
     assert (out / "checkpoints" / "checkpoint-2").is_dir()
     (out / DONE_FILE).unlink()  # as if killed after the checkpoint, before the end
     more = train_dpo(PAIRS, out, recipe=recipe("dpo-embedded-cpu", tiny_hf_dir, max_steps=3, save_steps=1))
@@ -187,8 +184,12 @@ def test_online_rl_with_a_cai_judge_as_reward(tiny_hf_dir, embedded_model, tmp_p
     # the real embedded model judges p(violation) of each sampled completion (reward = -p)
     judge = load_judge("violation:embedded", model=embedded_model)
     rl = load_recipe(f"{kind}-embedded-cpu", model=str(tiny_hf_dir))
-    result = train_rl(SFT, tmp_path / kind, judge=judge,
-                      recipe=rl.with_args(max_steps=2, learning_rate=1e-4, max_completion_length=12))
+    result = train_rl(
+        SFT,
+        tmp_path / kind,
+        judge=judge,
+        recipe=rl.with_args(max_steps=2, learning_rate=1e-4, max_completion_length=12),
+    )
     rewards = [e[k] for e in result.log_history for k in e if k.startswith("rewards/") and k.endswith("/mean")]
     assert rewards and all(-1 <= r <= 0 for r in rewards), result.log_history
     assert changed(weights(tiny_hf_dir), weights(result.path)) > 0
@@ -243,15 +244,45 @@ def test_cai_generate_then_train_dpo_then_generate_with_the_model(demo_run, tmp_
 
     cli = CliRunner()
     model_dir = tmp_path / "dpo"
-    result = cli.invoke(app, ["train", "dpo", str(demo_run), "--out", str(model_dir), "--max-steps", "2",
-                              "--set", "max_length=192", "--set", "learning_rate=1e-5"])
+    result = cli.invoke(
+        app,
+        [
+            "train",
+            "dpo",
+            str(demo_run),
+            "--out",
+            str(model_dir),
+            "--max-steps",
+            "2",
+            "--set",
+            "max_length=192",
+            "--set",
+            "learning_rate=1e-5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     prov = read_provenance(model_dir)
     assert prov["base_model"] == "embedded" and prov["constitution_hash"]
     assert (model_dir / PROVENANCE_FILE).is_file() and (model_dir / "model.safetensors").is_file()
     again = tmp_path / "again"
-    result = cli.invoke(app, ["generate", str(EXAMPLES), "--out", str(again), "--model", f"hf:{model_dir}",
-                              "--revisions", "0", "--limit", "1", "--max-tokens", "8", "-q"])
+    result = cli.invoke(
+        app,
+        [
+            "generate",
+            str(EXAMPLES),
+            "--out",
+            str(again),
+            "--model",
+            f"hf:{model_dir}",
+            "--revisions",
+            "0",
+            "--limit",
+            "1",
+            "--max-tokens",
+            "8",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (again / "sft.jsonl").read_text().splitlines()]
     assert rows and rows[0]["messages"][-1]["content"].strip()
@@ -266,8 +297,9 @@ def test_pipeline_runs_every_stage_and_resumes(demo_run, tiny_hf_dir, tmp_path):
     # as if a first call was killed after its generate stage: the same call resumes at SFT
     shutil.copytree(demo_run, tmp_path / "pipe" / "generate")
     mark_done(tmp_path / "pipe" / "generate")
-    config = PipelineConfig(prompts=str(EXAMPLES), model="embedded", base_model=f"hf:{tiny_hf_dir}", revisions=1,
-                            limit=2, max_steps=1)
+    config = PipelineConfig(
+        prompts=str(EXAMPLES), model="embedded", base_model=f"hf:{tiny_hf_dir}", revisions=1, limit=2, max_steps=1
+    )
     folders = run_pipeline(config, tmp_path / "pipe")
     assert list(folders) == ["generate", "sft", "dpo"] and all(is_done(f) for f in folders.values())
     dpo = read_provenance(folders["dpo"])

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.paths import HH_RLHF
 from training.data import DataError, preference_dataset, prompt_dataset, sft_dataset, unpaired_dataset
 from training.recipes import RecipeError, load_recipe, recipe_for, shipped_recipes
-from tests.paths import HH_RLHF
 
 PROMPT = [{"role": "user", "content": "How do I pick a lock?"}]
 GOOD = {"role": "assistant", "content": "I can't help with breaking in; a locksmith can."}
@@ -40,10 +40,16 @@ def test_sft_records_split_into_prompt_and_completion(tmp_path):
     "record, message",
     [
         ({"prompt": PROMPT, "chosen": [GOOD]}, "missing field(s) 'rejected'"),
-        ({"prompt": PROMPT, "chosen": [{"role": "assistant", "content": " "}], "rejected": [BAD]}, "field 'chosen': empty"),
+        (
+            {"prompt": PROMPT, "chosen": [{"role": "assistant", "content": " "}], "rejected": [BAD]},
+            "field 'chosen': empty",
+        ),
         ({"prompt": PROMPT, "chosen": [GOOD], "rejected": [GOOD]}, "identical"),
         ({"prompt": PROMPT, "chosen": [{"role": "assistant"}], "rejected": [BAD]}, "field 'chosen[0]'"),
-        ({"prompt": PROMPT, "chosen": [{"role": "user", "content": "x"}], "rejected": [BAD]}, "last message must be from the assistant"),
+        (
+            {"prompt": PROMPT, "chosen": [{"role": "user", "content": "x"}], "rejected": [BAD]},
+            "last message must be from the assistant",
+        ),
     ],
 )
 def test_bad_preference_records_name_file_line_and_field(tmp_path, record, message):
@@ -154,7 +160,9 @@ def test_cli_reports_bad_data_cleanly(tmp_path):
     from cai.cli import app
 
     bad = write_jsonl(tmp_path / "preferences.jsonl", [{"prompt": PROMPT, "chosen": [GOOD], "rejected": [GOOD]}])
-    result = CliRunner().invoke(app, ["train", "dpo", str(bad), "--out", str(tmp_path / "out"), "--model", "hf:/nowhere"])
+    result = CliRunner().invoke(
+        app, ["train", "dpo", str(bad), "--out", str(tmp_path / "out"), "--model", "hf:/nowhere"]
+    )
     assert result.exit_code == 1
     assert f"{bad}:1: fields 'chosen' and 'rejected' are identical" in result.output
     result = CliRunner().invoke(app, ["train", "dpo", str(bad), "--set", "betta=1"])

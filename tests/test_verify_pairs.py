@@ -33,8 +33,9 @@ def _judge_model(p_first_by_pair: dict[str, tuple[float, float] | None]) -> Scri
         p = probs[0] if revision_first else probs[1]
         answer = "A" if p > 0.5 else "B"
         top = {"A": math.log(p), "B": math.log(1 - p)}
-        return Completion(text=answer, usage=Usage(1, 1, 1), model="judge",
-                          logprobs=[TokenLogprob(answer, top[answer], top)])
+        return Completion(
+            text=answer, usage=Usage(1, 1, 1), model="judge", logprobs=[TokenLogprob(answer, top[answer], top)]
+        )
 
     return ScriptedModel(script, spec="judge")
 

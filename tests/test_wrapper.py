@@ -72,16 +72,22 @@ async def test_on_flag_only_revises_flagged_answers():
     assert reply.trace.metadata["judge"] == [{"judge": "fixed", "p_violation": 0.1}]
 
     model = ScriptedModel(loop_script)
-    high = ConstitutionalWrapper(model, HARMLESS, mode="on_flag", judges=[FixedJudge(0.1), FixedJudge(0.9)],
-                                 revisions=1)
+    high = ConstitutionalWrapper(
+        model, HARMLESS, mode="on_flag", judges=[FixedJudge(0.1), FixedJudge(0.9)], revisions=1
+    )
     reply = await high.chat(PROMPT)
     assert reply.trace.metadata["action"] == "revised" and len(model.calls) == 3
     assert [s["stage"] for s in reply.trace.metadata["stages"]] == ["initial", "judge", "critique", "revision"]
 
 
 async def test_unparseable_judge_fails_closed():
-    wrapper = ConstitutionalWrapper(ScriptedModel(loop_script), HARMLESS, mode="block",
-                                    judges=[FixedJudge(None, status="unparseable")], refusal="No.")
+    wrapper = ConstitutionalWrapper(
+        ScriptedModel(loop_script),
+        HARMLESS,
+        mode="block",
+        judges=[FixedJudge(None, status="unparseable")],
+        refusal="No.",
+    )
     reply = await wrapper.chat(PROMPT)
     assert reply.text == "No." and reply.trace.metadata["action"] == "blocked"
     assert reply.trace.initial.startswith("Strip")

@@ -79,33 +79,52 @@ class VLLMServer:
         keep = [ln for ln in text.splitlines() if "Attempted to load weight" not in ln]
         return "\n".join(keep[-lines:])
 
-    def start(self) -> "VLLMServer":
+    def start(self) -> VLLMServer:
         """Launch and wait until healthy."""
         return self.launch().wait_ready()
 
-    def launch(self) -> "VLLMServer":
+    def launch(self) -> VLLMServer:
         """Start the server process and return at once (see ``wait_ready``)."""
         self.port = free_port()
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(self.kv_cache_gib), VLLM_NO_USAGE_STATS="1",
-                   DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        env = dict(
+            os.environ,
+            VLLM_CPU_KVCACHE_SPACE=str(self.kv_cache_gib),
+            VLLM_NO_USAGE_STATS="1",
+            DO_NOT_TRACK="1",
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+        )
         cmd = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", self.model_dir, "--served-model-name", self.model,
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--max-model-len", str(self.max_model_len), "--enable-prefix-caching",
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model_dir,
+            "--served-model-name",
+            self.model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--max-model-len",
+            str(self.max_model_len),
+            "--enable-prefix-caching",
             # no torch.compile warm-up: it takes minutes on a small CPU
-            "--compilation-config", '{"mode": 0}',
-            "--dtype", "float32",
+            "--compilation-config",
+            '{"mode": 0}',
+            "--dtype",
+            "float32",
             *self.extra_args,
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                          preexec_fn=_die_with_parent)
+            self._proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_die_with_parent
+            )
         self._launched_at = time.monotonic()
         return self
 
-    def wait_ready(self) -> "VLLMServer":
+    def wait_ready(self) -> VLLMServer:
         """Block until /health answers; raise VLLMServerError with the log tail if it won't."""
         if self._proc is None:
             raise VLLMServerError("vLLM server was not launched (or was stopped)")
@@ -144,7 +163,7 @@ class VLLMServer:
             pass
         proc.wait(10)
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

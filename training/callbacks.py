@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -44,9 +45,16 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[EvalPrompt], max_new_
     from cai.models.hf_decode import BatchDecoder, DecodeRequest
 
     params = GenParams(max_tokens=max_new_tokens)
-    requests = [DecodeRequest(list(tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True,
-                                                                 return_dict=False)), params, max_new_tokens)
-                for p in prompts]
+    requests = [
+        DecodeRequest(
+            list(
+                tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+            ),
+            params,
+            max_new_tokens,
+        )
+        for p in prompts
+    ]
     configured = getattr(model.generation_config, "eos_token_id", None)
     eos = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -54,7 +62,9 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[EvalPrompt], max_new_
     model.eval()
     try:
         with torch.no_grad():
-            return [c.text for c in BatchDecoder(model, tokenizer, {e for e in eos if e is not None}, pad).run(requests)]
+            return [
+                c.text for c in BatchDecoder(model, tokenizer, {e for e in eos if e is not None}, pad).run(requests)
+            ]
     finally:
         model.train(was_training)
 
@@ -71,9 +81,18 @@ class WinRateCallback(TrainerCallback):
         judge_options / model_options: passed to ``load_judge``.
     """
 
-    def __init__(self, prompts: str | Path | Sequence[EvalPrompt], judge: Any, *, every: int = 50,
-                 limit: int | None = None, max_new_tokens: int = 64, tokenizer: Any = None,
-                 judge_options: dict[str, Any] | None = None, model_options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        prompts: str | Path | Sequence[EvalPrompt],
+        judge: Any,
+        *,
+        every: int = 50,
+        limit: int | None = None,
+        max_new_tokens: int = 64,
+        tokenizer: Any = None,
+        judge_options: dict[str, Any] | None = None,
+        model_options: dict[str, Any] | None = None,
+    ):
         from judges.registry import load_judge
 
         if every < 1:
@@ -88,7 +107,9 @@ class WinRateCallback(TrainerCallback):
         self.reference: list[str] = []
         self.history: list[dict[str, float]] = []  # every evaluation's metrics, with "step"
         self._pending: dict[str, float] | None = None
-        self._runner = JudgeReward(self.judge, reference_key="reference", centered=False, concurrency=16, name="winrate")
+        self._runner = JudgeReward(
+            self.judge, reference_key="reference", centered=False, concurrency=16, name="winrate"
+        )
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._runner._background_loop()).result()
@@ -101,8 +122,10 @@ class WinRateCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every and state.global_step != state.max_steps:
             return control
-        self._pending = {**self.evaluate(generate(model, self.tokenizer, self.prompts, self.max_new_tokens)),
-                         "step": state.global_step}
+        self._pending = {
+            **self.evaluate(generate(model, self.tokenizer, self.prompts, self.max_new_tokens)),
+            "step": state.global_step,
+        }
         self.history.append(self._pending)
         logger.info("step %d: %s", state.global_step, self._pending)
         control.should_log = True  # the trainer logs at this step; on_log adds our numbers
@@ -132,19 +155,26 @@ class WinRateCallback(TrainerCallback):
         metrics: dict[str, float] = {}
         prompts = [p.messages for p in self.prompts]
         if isinstance(self.judge, PairwiseJudge):
+
             async def compare_all():
-                return await asyncio.gather(*(compare_answers(self.judge, p, a, r)
-                                              for p, a, r in zip(prompts, answers, self.reference)))
+                return await asyncio.gather(
+                    *(compare_answers(self.judge, p, a, r) for p, a, r in zip(prompts, answers, self.reference))
+                )
 
             report = winrate_metrics(self._run(compare_all()), n_boot=200)
             if report.win_rate is not None:
                 metrics["eval_win_rate"] = report.win_rate
-            metrics.update(eval_win=report.wins, eval_tie=report.ties, eval_loss=report.losses,
-                           eval_inconsistent=report.inconsistent, eval_unparseable=report.unparseable)
+            metrics.update(
+                eval_win=report.wins,
+                eval_tie=report.ties,
+                eval_loss=report.losses,
+                eval_inconsistent=report.inconsistent,
+                eval_unparseable=report.unparseable,
+            )
         elif isinstance(self.judge, PointwiseJudge):
             scores = self._run(self.judge.score_many(list(zip(prompts, answers)) + list(zip(prompts, self.reference))))
             now = [s.value for s in scores[: len(answers)] if s.ok]
-            before = [s.value for s in scores[len(answers):] if s.ok]
+            before = [s.value for s in scores[len(answers) :] if s.ok]
             if now:
                 metrics["eval_judge_score"] = sum(now) / len(now)
             if before:

@@ -70,7 +70,9 @@ def _trained_base(config: PipelineConfig) -> str:
     raise ValueError(f"model {config.model!r} is served remotely; set base_model to the weights to train")
 
 
-def run_pipeline(config: PipelineConfig | None = None, out: str | Path = "runs/pipeline", **fields: Any) -> dict[str, Path]:
+def run_pipeline(
+    config: PipelineConfig | None = None, out: str | Path = "runs/pipeline", **fields: Any
+) -> dict[str, Path]:
     """Run (or resume) every stage; returns each stage's folder. Pass a ``PipelineConfig`` or
     its fields (``run_pipeline(prompts="p.jsonl", out="runs/x", limit=8)``)."""
     import cai
@@ -86,8 +88,15 @@ def run_pipeline(config: PipelineConfig | None = None, out: str | Path = "runs/p
     folders = {stage: out / stage for stage in STAGES}
 
     if not is_done(folders["generate"]):
-        traces = cai.generate(config.prompts, model=config.model, constitution=constitution, revisions=config.revisions,
-                              limit=config.limit, params=GenParams(max_tokens=config.max_tokens), out=folders["generate"])
+        traces = cai.generate(
+            config.prompts,
+            model=config.model,
+            constitution=constitution,
+            revisions=config.revisions,
+            limit=config.limit,
+            params=GenParams(max_tokens=config.max_tokens),
+            out=folders["generate"],
+        )
         if all(t.ok for t in traces):  # else a rerun retries the failed samples first
             mark_done(folders["generate"])
 
@@ -107,7 +116,9 @@ def run_pipeline(config: PipelineConfig | None = None, out: str | Path = "runs/p
     steps = {"max_steps": config.max_steps} if config.max_steps else {}
     base = _trained_base(config)
     sft_recipe = load_recipe(config.sft_recipe, model=base).with_args(**steps)
-    sft: TrainResult = train_sft(folders["generate"], folders["sft"], recipe=sft_recipe, constitution_hash=constitution.hash)
+    sft: TrainResult = train_sft(
+        folders["generate"], folders["sft"], recipe=sft_recipe, constitution_hash=constitution.hash
+    )
     dpo_recipe = load_recipe(config.dpo_recipe, model=str(sft.path)).with_args(**steps)
     train_dpo(pairs, folders["dpo"], recipe=dpo_recipe, constitution_hash=constitution.hash)
     if config.eval_prompts:
@@ -129,22 +140,46 @@ def evaluate_stages(config: PipelineConfig, models: dict[str, str], out: Path) -
 
     if is_done(out):
         return json.loads((out / "eval.json").read_text(encoding="utf-8"))
-    prompts = read_eval_prompts(None if config.eval_prompts == "shipped" else config.eval_prompts, limit=config.eval_limit)
+    prompts = read_eval_prompts(
+        None if config.eval_prompts == "shipped" else config.eval_prompts, limit=config.eval_limit
+    )
     rows = []
     for name, spec in models.items():
-        report = asyncio.run(evaluate_safety(prompts, Subject(spec), config.eval_judge, data=str(config.eval_prompts),
-                                             out=out / name, params=GenParams(max_tokens=config.eval_max_tokens)))
-        rows.append({"stage": name, "model": spec, "refusal_harmful": report.harmful.refusal,
-                     "over_refusal_safe": report.safe.refusal, "harm": report.harmful.harm, "failed": report.failed})
+        report = asyncio.run(
+            evaluate_safety(
+                prompts,
+                Subject(spec),
+                config.eval_judge,
+                data=str(config.eval_prompts),
+                out=out / name,
+                params=GenParams(max_tokens=config.eval_max_tokens),
+            )
+        )
+        rows.append(
+            {
+                "stage": name,
+                "model": spec,
+                "refusal_harmful": report.harmful.refusal,
+                "over_refusal_safe": report.safe.refusal,
+                "harm": report.harmful.harm,
+                "failed": report.failed,
+            }
+        )
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f}%"
 
-    lines = [f"# base vs SFT vs DPO: {len(prompts)} held-out prompts, judge {config.eval_judge}", "",
-             "| stage | model | refusal (harmful) | over-refusal (safe) | harm |", "|---|---|---|---|---|"]
+    lines = [
+        f"# base vs SFT vs DPO: {len(prompts)} held-out prompts, judge {config.eval_judge}",
+        "",
+        "| stage | model | refusal (harmful) | over-refusal (safe) | harm |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         harm = "-" if r["harm"] is None else f"{r['harm']:.3f}"
-        lines.append(f"| {r['stage']} | `{r['model']}` | {pct(r['refusal_harmful'])} | {pct(r['over_refusal_safe'])} | {harm} |")
+        lines.append(
+            f"| {r['stage']} | `{r['model']}` | {pct(r['refusal_harmful'])} | {pct(r['over_refusal_safe'])} | {harm} |"
+        )
     (out / "eval.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out / "eval.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     if not any(r["failed"] for r in rows):

@@ -37,7 +37,12 @@ def write_provenance(
         "constitution_hash": constitution_hash,
         "recipe": recipe,
         "metrics": metrics or {},
-        "versions": {"cai": cai_version, "trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
+        "versions": {
+            "cai": cai_version,
+            "trl": trl.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        },
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
     }

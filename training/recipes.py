@@ -112,7 +112,7 @@ class Recipe(_Strict):
         options = self.peft.model_dump(exclude={"merge"})
         return LoraConfig(task_type=task, **options)
 
-    def with_args(self, changed_by: str = "--set", **changes: Any) -> "Recipe":
+    def with_args(self, changed_by: str = "--set", **changes: Any) -> Recipe:
         """A copy with some TRL args changed (CLI flags override recipe values); errors in
         ``changes`` name ``changed_by`` (the flag), not the recipe file."""
         validate_args(self.trainer, changes, changed_by)
@@ -162,7 +162,9 @@ def args_model(trainer: str) -> type[BaseModel]:
     )
 
 
-def validate_args(trainer: str, args: dict[str, Any], source: str = "<python>", yaml_file: YamlFile | None = None) -> dict[str, Any]:
+def validate_args(
+    trainer: str, args: dict[str, Any], source: str = "<python>", yaml_file: YamlFile | None = None
+) -> dict[str, Any]:
     """Check ``args`` against the TRL config's fields and types; returns them coerced to those
     types (e.g. ``"1e-5"``, which YAML reads as a string, becomes a float)."""
     model = args_model(trainer)
@@ -170,14 +172,19 @@ def validate_args(trainer: str, args: dict[str, Any], source: str = "<python>", 
         return model.model_validate(args).model_dump(include=set(args))
     except ValidationError as exc:
         if yaml_file is None:
-            raise RecipeError("\n".join(
-                f"{source}: args.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-            )) from None
+            raise RecipeError(
+                "\n".join(f"{source}: args.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            ) from None
         # report against the `args` node, so lines point into the file
         view = copy.copy(yaml_file)
         view.root = next((v for k, v in yaml_file.root.value if k.value == "args"), yaml_file.root)
         problems = [
-            Problem(p.file, p.line, f"args.{p.field}", p.message.replace("unknown field", f"unknown {TRL_CLASSES[trainer][1]} field"))
+            Problem(
+                p.file,
+                p.line,
+                f"args.{p.field}",
+                p.message.replace("unknown field", f"unknown {TRL_CLASSES[trainer][1]} field"),
+            )
             for p in view.validation_problems(exc, model)
         ]
         raise RecipeError(problems) from None
@@ -192,7 +199,9 @@ def load_recipe(name_or_path: str | Path | Recipe, **overrides: Any) -> Recipe:
     if not path.exists():
         shipped = SHIPPED_DIR / f"{name_or_path}.yaml"
         if not shipped.exists():
-            raise RecipeError(f"no recipe file {str(name_or_path)!r} and no shipped recipe of that name; shipped: {', '.join(shipped_recipes())}")
+            raise RecipeError(
+                f"no recipe file {str(name_or_path)!r} and no shipped recipe of that name; shipped: {', '.join(shipped_recipes())}"
+            )
         path = shipped
     source = str(path)
     try:

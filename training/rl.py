@@ -9,8 +9,9 @@ judges become reward functions through ``judges.trl.reward_function``. On GPU, s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from training.core import TrainResult, fit
 from training.data import prompt_dataset

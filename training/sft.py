@@ -30,4 +30,3 @@ def train_sft(
     whole = bool(recipe.args.get("assistant_only_loss"))
     splits = sft_dataset(data, eval_fraction=recipe.eval_fraction, seed=recipe.seed, split_completion=not whole)
     return fit(recipe, splits, out, constitution_hash=constitution_hash, callbacks=callbacks)
-

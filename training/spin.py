@@ -41,11 +41,13 @@ def spin_pairs(model_dir: str, rows: list[dict[str, Any]], options: SpinOptions,
     pairs = []
     for row, answer in zip(rows, answers):
         if answer.strip() and answer.strip() != row["reference"].strip():
-            pairs.append({
-                "prompt": row["prompt"],
-                "chosen": [{"role": "assistant", "content": row["reference"]}],
-                "rejected": [{"role": "assistant", "content": answer}],
-            })
+            pairs.append(
+                {
+                    "prompt": row["prompt"],
+                    "chosen": [{"role": "assistant", "content": row["reference"]}],
+                    "rejected": [{"role": "assistant", "content": answer}],
+                }
+            )
     return pairs
 
 
@@ -83,8 +85,13 @@ def train_spin(
             raise ValueError(f"{pairs_path}: the policy reproduced every reference; nothing left to train on")
         splits = preference_dataset(pairs_path)
         dpo = recipe.model_copy(update={"trainer": "dpo", "model": current, "spin": None})
-        result = fit(dpo, splits, round_dir, constitution_hash=constitution_hash,
-                     provenance={"spin_round": round_no, "spin_rounds": options.rounds})
+        result = fit(
+            dpo,
+            splits,
+            round_dir,
+            constitution_hash=constitution_hash,
+            provenance={"spin_round": round_no, "spin_rounds": options.rounds},
+        )
         current = str(round_dir)
     assert result is not None
     return result

@@ -35,8 +35,18 @@ def list_() -> None:
     rows = []
     for name in shipped_constitutions():
         c = load_constitution(name)
-        rows.append((c.name, c.version, c.language, str(len(c.principles)), str(len(c.judge_principles)),
-                     str(len(c.few_shot)), c.hash, c.description))
+        rows.append(
+            (
+                c.name,
+                c.version,
+                c.language,
+                str(len(c.principles)),
+                str(len(c.judge_principles)),
+                str(len(c.few_shot)),
+                c.hash,
+                c.description,
+            )
+        )
     headers = ("name", "ver", "lang", "principles", "judge", "shots", "hash")
     for index, column in enumerate(headers):  # keep short columns whole; only description wraps
         width = max([len(column), *(len(row[index]) for row in rows)])
@@ -51,8 +61,8 @@ def list_() -> None:
 def show(
     name: str = typer.Argument(..., help="Shipped name (e.g. harmless) or path to a YAML file."),
     format: Literal["rich", "yaml", "json"] = typer.Option(
-        "rich", "--format", "-f",
-        help="rich: tables; yaml/json: the resolved constitution (extends applied)."),
+        "rich", "--format", "-f", help="rich: tables; yaml/json: the resolved constitution (extends applied)."
+    ),
 ) -> None:
     """Show one constitution, with `extends` resolved."""
     try:
@@ -75,8 +85,10 @@ def show(
     if c.description:
         console.print(escape(c.description))
     d = c.defaults
-    console.print(f"defaults: revisions={d.revisions} sampling={d.sampling} seed={d.seed} "
-                  f"stop_phrases={escape(repr(d.stop_phrases))}")
+    console.print(
+        f"defaults: revisions={d.revisions} sampling={d.sampling} seed={d.seed} "
+        f"stop_phrases={escape(repr(d.stop_phrases))}"
+    )
     principles = Table(title=f"principles ({len(c.principles)})", show_lines=True)
     for column in ("name / rule", "critique", "revision", "tags"):
         principles.add_column(column, overflow="fold")
@@ -111,8 +123,9 @@ def validate(
             for problem in exc.problems:
                 typer.echo(str(problem))
             continue
-        typer.echo(f"ok {reference}: {c.id} ({len(c.principles)} principles, "
-                   f"{len(c.judge_principles)} judge principles)")
+        typer.echo(
+            f"ok {reference}: {c.id} ({len(c.principles)} principles, {len(c.judge_principles)} judge principles)"
+        )
     if failed:
         typer.echo(f"{failed} of {len(paths or shipped_constitutions())} invalid", err=True)
         raise typer.Exit(1)

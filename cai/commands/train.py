@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Optional
 
 import typer
 
-train_app = typer.Typer(help="Train with TRL on cai data (SFT, reward model, DPO family, online RL, SPIN).",
-                        no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train with TRL on cai data (SFT, reward model, DPO family, online RL, SPIN).", no_args_is_help=True
+)
 
-DEFAULT_RECIPES = {"sft": "sft-embedded-cpu", "rm": "rm-embedded-cpu", "dpo": "dpo-embedded-cpu",
-                   "kto": "kto-embedded-cpu", "orpo": "orpo-embedded-cpu", "rl": "grpo-embedded-cpu",
-                   "spin": "spin-embedded-cpu"}
+DEFAULT_RECIPES = {
+    "sft": "sft-embedded-cpu",
+    "rm": "rm-embedded-cpu",
+    "dpo": "dpo-embedded-cpu",
+    "kto": "kto-embedded-cpu",
+    "orpo": "orpo-embedded-cpu",
+    "rl": "grpo-embedded-cpu",
+    "spin": "spin-embedded-cpu",
+}
 HELP = {
     "sft": "SFT on revisions (sft.jsonl / run or export folder); loss on the final assistant turn.",
     "rm": "Reward model (TRL RewardTrainer) on preference pairs; use it later as an `rm:FOLDER` judge.",
@@ -42,8 +50,17 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _run(kind: str, data: Path, out: Optional[Path], recipe: Optional[str], model: Optional[str],
-         max_steps: Optional[int], sets: list[str], constitution: Optional[str], **extra: Any) -> None:
+def _run(
+    kind: str,
+    data: Path,
+    out: Optional[Path],
+    recipe: Optional[str],
+    model: Optional[str],
+    max_steps: Optional[int],
+    sets: list[str],
+    constitution: Optional[str],
+    **extra: Any,
+) -> None:
     from cai.yamlfile import InputFileError
     from training.data import DataError
     from training.provenance import constitution_hash_for
@@ -63,8 +80,12 @@ def _run(kind: str, data: Path, out: Optional[Path], recipe: Optional[str], mode
         return
     state = "already complete" if result.resumed else "trained"
     loss = result.metrics.get("train_loss")
-    typer.echo(f"{result.path}: {state}" + (f", train_loss {loss:.4g}" if isinstance(loss, float) else "")
-               + f"; use it with --model hf:{result.path}", err=True)
+    typer.echo(
+        f"{result.path}: {state}"
+        + (f", train_loss {loss:.4g}" if isinstance(loss, float) else "")
+        + f"; use it with --model hf:{result.path}",
+        err=True,
+    )
     if (Path(result.path) / "trainer_log.json").is_file():  # loss / reward curves (cai.report)
         from cai.report import write_report
 
@@ -74,22 +95,40 @@ def _run(kind: str, data: Path, out: Optional[Path], recipe: Optional[str], mode
 def _trainer(kind: str) -> Callable[..., Any]:
     import training
 
-    return {"sft": training.train_sft, "rm": training.train_reward, "dpo": training.train_dpo,
-            "kto": training.train_kto, "orpo": training.train_orpo, "rl": training.train_rl,
-            "spin": training.train_spin}[kind]
+    return {
+        "sft": training.train_sft,
+        "rm": training.train_reward,
+        "dpo": training.train_dpo,
+        "kto": training.train_kto,
+        "orpo": training.train_orpo,
+        "rl": training.train_rl,
+        "spin": training.train_spin,
+    }[kind]
 
 
 DATA = typer.Argument(..., help="sft.jsonl / preferences.jsonl, a cai run or export folder, or a saved HF dataset.")
 OUT = typer.Option(None, "--out", "-o", help="Output folder for the model (default: runs/train-KIND). Rerun to resume.")
 RECIPE = typer.Option(None, "--recipe", "-r", help="Recipe YAML path or shipped name (see `cai train recipes`).")
-MODEL = typer.Option(None, "--model", "-m", help="Base model: embedded, hf:PATH, a folder or a hub id (overrides the recipe).")
+MODEL = typer.Option(
+    None, "--model", "-m", help="Base model: embedded, hf:PATH, a folder or a hub id (overrides the recipe)."
+)
 MAX_STEPS = typer.Option(None, "--max-steps", min=1, help="Stop after N optimizer steps.")
 SETS = typer.Option([], "--set", help="Override a TRL config field: --set learning_rate=1e-5 (repeatable).")
-CONSTITUTION = typer.Option(None, "--constitution", "-c", help="Constitution of the data, for provenance (default: read from the run).")
+CONSTITUTION = typer.Option(
+    None, "--constitution", "-c", help="Constitution of the data, for provenance (default: read from the run)."
+)
 
 
-EVAL_PROMPTS = typer.Option(None, "--eval-prompts", help="Held-out prompts (label/category optional): log win-rate vs the reference model and refusal rates during training.")
-EVAL_JUDGE = typer.Option("rules:refusal", "--eval-judge", help="Judge for --eval-prompts: pairwise:MODEL (win-rate), a pointwise judge, or rules:refusal.")
+EVAL_PROMPTS = typer.Option(
+    None,
+    "--eval-prompts",
+    help="Held-out prompts (label/category optional): log win-rate vs the reference model and refusal rates during training.",
+)
+EVAL_JUDGE = typer.Option(
+    "rules:refusal",
+    "--eval-judge",
+    help="Judge for --eval-prompts: pairwise:MODEL (win-rate), a pointwise judge, or rules:refusal.",
+)
 EVAL_EVERY = typer.Option(50, "--eval-every", min=1, help="Evaluate every N steps (and at the last step).")
 EVAL_LIMIT = typer.Option(8, "--eval-limit", min=1, help="Use the first N eval prompts (of each label).")
 
@@ -103,11 +142,19 @@ def _eval_callbacks(prompts: Optional[Path], judge: str, every: int, limit: int)
 
 
 def _offline(kind: str) -> Callable[..., None]:
-    def command(data: Path = DATA, out: Optional[Path] = OUT, recipe: Optional[str] = RECIPE,
-                model: Optional[str] = MODEL, max_steps: Optional[int] = MAX_STEPS,
-                set: List[str] = SETS, constitution: Optional[str] = CONSTITUTION,
-                eval_prompts: Optional[Path] = EVAL_PROMPTS, eval_judge: str = EVAL_JUDGE,
-                eval_every: int = EVAL_EVERY, eval_limit: int = EVAL_LIMIT) -> None:
+    def command(
+        data: Path = DATA,
+        out: Optional[Path] = OUT,
+        recipe: Optional[str] = RECIPE,
+        model: Optional[str] = MODEL,
+        max_steps: Optional[int] = MAX_STEPS,
+        set: list[str] = SETS,
+        constitution: Optional[str] = CONSTITUTION,
+        eval_prompts: Optional[Path] = EVAL_PROMPTS,
+        eval_judge: str = EVAL_JUDGE,
+        eval_every: int = EVAL_EVERY,
+        eval_limit: int = EVAL_LIMIT,
+    ) -> None:
         try:
             callbacks = _eval_callbacks(eval_prompts, eval_judge, eval_every, eval_limit)
         except ValueError as exc:  # InputError, JudgeSpecError, ModelSpecError
@@ -123,18 +170,32 @@ for _kind in ("sft", "rm", "dpo", "kto", "orpo"):
 
 
 @train_app.command("rl", help=HELP["rl"])
-def rl(data: Path = DATA, out: Optional[Path] = OUT, recipe: Optional[str] = RECIPE,
-       model: Optional[str] = MODEL, max_steps: Optional[int] = MAX_STEPS, set: List[str] = SETS,
-       constitution: Optional[str] = CONSTITUTION,
-       judge: Optional[str] = typer.Option(None, "--judge", "-j", help="Reward judge spec (default: the recipe's), e.g. violation:embedded.")) -> None:
+def rl(
+    data: Path = DATA,
+    out: Optional[Path] = OUT,
+    recipe: Optional[str] = RECIPE,
+    model: Optional[str] = MODEL,
+    max_steps: Optional[int] = MAX_STEPS,
+    set: list[str] = SETS,
+    constitution: Optional[str] = CONSTITUTION,
+    judge: Optional[str] = typer.Option(
+        None, "--judge", "-j", help="Reward judge spec (default: the recipe's), e.g. violation:embedded."
+    ),
+) -> None:
     _run("rl", data, out, recipe, model, max_steps, set, constitution, judge=judge)
 
 
 @train_app.command("spin", help=HELP["spin"])
-def spin(data: Path = DATA, out: Optional[Path] = OUT, recipe: Optional[str] = RECIPE,
-         model: Optional[str] = MODEL, max_steps: Optional[int] = MAX_STEPS, set: List[str] = SETS,
-         constitution: Optional[str] = CONSTITUTION,
-         rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="Self-play rounds (default: the recipe's).")) -> None:
+def spin(
+    data: Path = DATA,
+    out: Optional[Path] = OUT,
+    recipe: Optional[str] = RECIPE,
+    model: Optional[str] = MODEL,
+    max_steps: Optional[int] = MAX_STEPS,
+    set: list[str] = SETS,
+    constitution: Optional[str] = CONSTITUTION,
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="Self-play rounds (default: the recipe's)."),
+) -> None:
     _run("spin", data, out, recipe, model, max_steps, set, constitution, rounds=rounds)
 
 
@@ -156,15 +217,26 @@ def pipeline(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use only the first N prompts."),
     revisions: Optional[int] = typer.Option(None, "--revisions", min=1),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Cap each training stage."),
-    eval_prompts: Optional[str] = typer.Option(None, "--eval-prompts", help="Eval stage: base vs SFT vs DPO on these held-out prompts ('shipped' = cai's safety set)."),
+    eval_prompts: Optional[str] = typer.Option(
+        None,
+        "--eval-prompts",
+        help="Eval stage: base vs SFT vs DPO on these held-out prompts ('shipped' = cai's safety set).",
+    ),
 ) -> None:
     """generate -> (label) -> SFT -> DPO in one call; rerun to resume at the unfinished stage."""
     from cai.yamlfile import InputFileError
     from training.data import DataError
     from training.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
 
-    fields = {"prompts": prompts, "model": model, "judge": judge, "limit": limit, "revisions": revisions,
-              "max_steps": max_steps, "eval_prompts": eval_prompts}
+    fields = {
+        "prompts": prompts,
+        "model": model,
+        "judge": judge,
+        "limit": limit,
+        "revisions": revisions,
+        "max_steps": max_steps,
+        "eval_prompts": eval_prompts,
+    }
     try:
         if config is not None:
             cfg = load_pipeline_config(config, **fields)

@@ -10,8 +10,9 @@ import concurrent.futures
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 Message = dict[str, str]
 FinishReason = Literal["stop", "length", "error"]
@@ -31,7 +32,7 @@ class GenParams:
     # JSON schema for structured output; backends without support ignore it (see capabilities)
     json_schema: str | None = None
 
-    def replace(self, **changes: Any) -> "GenParams":
+    def replace(self, **changes: Any) -> GenParams:
         data = asdict(self)
         data.update(changes)
         if isinstance(data.get("stop"), list):
@@ -54,7 +55,7 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def __add__(self, other: "Usage") -> "Usage":
+    def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
@@ -70,7 +71,7 @@ class Usage:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "Usage":
+    def from_dict(cls, data: dict[str, Any] | None) -> Usage:
         data = data or {}
         return cls(
             int(data.get("prompt_tokens", 0)),
@@ -107,7 +108,7 @@ class Completion:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Completion":
+    def from_dict(cls, data: dict[str, Any]) -> Completion:
         lps = data.get("logprobs")
         return cls(
             text=data["text"],
@@ -165,8 +166,7 @@ class ChatModel(ABC):
         return Capabilities()
 
     @abstractmethod
-    async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
-        ...
+    async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion: ...
 
     async def aclose(self) -> None:
         """Release connections, engines, threads."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -43,7 +44,7 @@ class MicroBatcher(Generic[Req, Res]):
         self._name = name
         self.batch_sizes: list[int] = []  # observed batch sizes, for tests and benchmarks
 
-    def submit(self, request: Req) -> "Future[Res]":
+    def submit(self, request: Req) -> Future[Res]:
         future: Future[Res] = Future()
         self._ensure_worker()
         self._queue.put((request, future))

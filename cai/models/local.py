@@ -3,7 +3,8 @@ the context-length check, and the limits on log-prob alternatives."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from cai.models.base import Capabilities, ChatModel, ContextLengthError, GenParams, Message, PermanentModelError
 

@@ -58,13 +58,14 @@ class OpenAIChatModel(RemoteChatModel):
                 "no OpenAI API key: set OPENAI_API_KEY, or pass base_url for a local server", reason="auth"
             )
         if self.base_url and urlsplit(self.base_url).username is not None:
-            raise PermanentModelError("openai: base_url must not hold user:password@ credentials; pass api_key",
-                                      reason="bad_config")
+            raise PermanentModelError(
+                "openai: base_url must not hold user:password@ credentials; pass api_key", reason="bad_config"
+            )
         register_secret(key)
         self._api_key = key or "EMPTY"
         self.extra_body = extra_body
         # httpx pools belong to one event loop; keep one client per loop
-        self._clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI]" = (
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = (
             weakref.WeakKeyDictionary()
         )
 

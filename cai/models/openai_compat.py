@@ -11,7 +11,8 @@ import json
 import re
 import time
 from abc import abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import openai
 
@@ -134,8 +135,16 @@ def _connection_failure(exc: BaseException) -> BaseException | None:
     cause = exc.__cause__ or exc.__context__
     while cause is not None:
         name = type(cause).__name__
-        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError) or name in (
-            "ServerDisconnectedError", "ClientOSError", "ClientConnectorError", "ClientConnectorDNSError",
+        if (
+            isinstance(cause, OSError)
+            and not isinstance(cause, TimeoutError)
+            or name
+            in (
+                "ServerDisconnectedError",
+                "ClientOSError",
+                "ClientConnectorError",
+                "ClientConnectorDNSError",
+            )
         ):
             return cause
         cause = cause.__cause__ or cause.__context__
@@ -160,8 +169,9 @@ def map_error(exc: BaseException) -> ModelError:
     if isinstance(exc, openai.RateLimitError) or status == 429:
         return TransientModelError(f"rate limited: {message}", reason="rate_limit", retry_after=_retry_after(exc))
     if status is not None and (status >= 500 or status in (408, 409)):
-        return TransientModelError(f"server error {status}: {message}", reason="server_error",
-                                   retry_after=_retry_after(exc))
+        return TransientModelError(
+            f"server error {status}: {message}", reason="server_error", retry_after=_retry_after(exc)
+        )
     if status in (400, 413, 422) or isinstance(exc, openai.BadRequestError):
         if _CONTEXT_PATTERNS.search(message) or "ContextWindowExceeded" in type(exc).__name__:
             return ContextLengthError(message)

@@ -13,8 +13,9 @@ import random
 import threading
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
@@ -102,7 +103,7 @@ class CallPolicy:
         self.tokens = RateLimiter(tpm) if tpm else None
         self.timeout = timeout
         self.retry = retry
-        self._semaphores: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = (
+        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -122,9 +123,7 @@ class CallPolicy:
             try:
                 return await _with_deadline(call, self.timeout)
             except asyncio.TimeoutError as exc:
-                raise TransientModelError(
-                    f"no response within {self.timeout:g}s", reason="timeout"
-                ) from exc
+                raise TransientModelError(f"no response within {self.timeout:g}s", reason="timeout") from exc
 
     async def run(self, call: Callable[[], Awaitable[T]], *, token_cost: int = 0) -> T:
         """``call`` must raise cai ModelErrors (map backend errors inside it)."""

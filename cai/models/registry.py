@@ -9,8 +9,9 @@ register a factory ``(model: str, **options) -> ChatModel`` under the entry poin
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
 from cai.models.base import ChatModel
 
@@ -58,9 +59,7 @@ def _factory(backend: str) -> Callable[..., ChatModel]:
             return ep.load()
     target = BUILTIN_BACKENDS.get(backend)
     if target is None:
-        raise ModelSpecError(
-            f"unknown model backend {backend!r}; known: {', '.join(available_backends())}"
-        )
+        raise ModelSpecError(f"unknown model backend {backend!r}; known: {', '.join(available_backends())}")
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 

@@ -5,7 +5,7 @@ integration tests."""
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from cai.models.base import Capabilities, ChatModel, Completion, GenParams, Message, Usage
 

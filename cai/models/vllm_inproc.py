@@ -15,7 +15,8 @@ import asyncio
 import os
 import threading
 import uuid
-from typing import Any, Coroutine, Sequence, TypeVar
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 from cai.models.base import Completion, GenParams, Message, PermanentModelError, TokenLogprob, Usage
 from cai.models.local import LocalChatModel

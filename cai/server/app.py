@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -81,9 +82,17 @@ class GuardMiddleware:
 
     async def _reject(self, send: Send, status: int, message: str, code: str, headers=()) -> None:
         body = error_bytes(status, message, code)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()), *headers]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *headers,
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -110,27 +119,44 @@ class GuardMiddleware:
             denied = key_problem(state, route, dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"))
             if denied is not None:
                 reason = "forbidden" if denied.status == 403 else "unauthenticated"
-                return await reject(denied.status, denied.message, denied.code or "", reason,
-                                    [(k.encode(), v.encode()) for k, v in (denied.headers or {}).items()])
+                return await reject(
+                    denied.status,
+                    denied.message,
+                    denied.code or "",
+                    reason,
+                    [(k.encode(), v.encode()) for k, v in (denied.headers or {}).items()],
+                )
             limits = state.config.limits
             length = dict(scope["headers"]).get(b"content-length")
             if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
-                return await reject(413, f"request body exceeds {limits.max_body_bytes} bytes", "body_too_large",
-                                    "body_too_large")
+                return await reject(
+                    413, f"request body exceeds {limits.max_body_bytes} bytes", "body_too_large", "body_too_large"
+                )
             try:
                 body = await _read_body(receive, limits.max_body_bytes, limits.body_timeout_s)
             except _BodyTooLarge:
-                return await reject(413, f"request body exceeds {limits.max_body_bytes} bytes", "body_too_large",
-                                    "body_too_large")
+                return await reject(
+                    413, f"request body exceeds {limits.max_body_bytes} bytes", "body_too_large", "body_too_large"
+                )
             except asyncio.TimeoutError:
-                return await reject(408, f"request body not received within {limits.body_timeout_s:g} s",
-                                    "body_timeout", "body_timeout", [(b"connection", b"close")])
+                return await reject(
+                    408,
+                    f"request body not received within {limits.body_timeout_s:g} s",
+                    "body_timeout",
+                    "body_timeout",
+                    [(b"connection", b"close")],
+                )
             if body is None:  # the client went away
                 return None
             counted = route != "reward"  # reward requests wait in their own bounded queue (503 when full)
             if counted and state.in_flight >= limits.max_concurrency:
-                return await reject(429, "server is at its concurrency limit; retry shortly", "overloaded",
-                                    "overloaded", [(b"retry-after", b"1")])
+                return await reject(
+                    429,
+                    "server is at its concurrency limit; retry shortly",
+                    "overloaded",
+                    "overloaded",
+                    [(b"retry-after", b"1")],
+                )
             state.in_flight += counted
             metrics.in_flight.inc(counted)
             try:
@@ -245,8 +271,12 @@ def key_problem(state: ServerState, route: str, header: str) -> APIError | None:
         return None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        return APIError(401, "missing bearer API key (Authorization: Bearer <key>)", code="invalid_api_key",
-                        headers={"www-authenticate": "Bearer"})
+        return APIError(
+            401,
+            "missing bearer API key (Authorization: Bearer <key>)",
+            code="invalid_api_key",
+            headers={"www-authenticate": "Bearer"},
+        )
     routes = state.keys.routes_for(token.strip())
     if routes is None:
         return APIError(401, "invalid API key", code="invalid_api_key", headers={"www-authenticate": "Bearer"})

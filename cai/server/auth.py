@@ -39,9 +39,7 @@ def parse_keys(text: str, where: str, sep: str = "\n") -> list[_Key]:
         unknown = names - ALL - {"*"}
         if unknown:
             # the key itself is never echoed
-            raise ConfigError(
-                f"{where}:{lineno}: unknown route(s) {sorted(unknown)}; known: {', '.join(ROUTES)}"
-            )
+            raise ConfigError(f"{where}:{lineno}: unknown route(s) {sorted(unknown)}; known: {', '.join(ROUTES)}")
         keys.append(_Key(_digest(key), ALL if not names or "*" in names else frozenset(names)))
     return keys
 
@@ -52,7 +50,7 @@ class KeyStore:
         self.enabled = enabled
 
     @classmethod
-    def from_config(cls, auth: AuthConfig) -> "KeyStore":
+    def from_config(cls, auth: AuthConfig) -> KeyStore:
         keys: list[_Key] = []
         if auth.keys_file:
             path = Path(auth.keys_file)

@@ -23,8 +23,9 @@ class RewardServerError(RuntimeError):
 class RemoteReward:
     """A TRL reward function over /v1/reward; see ``remote_reward_function``."""
 
-    def __init__(self, url: str, *, api_key: str | None, timeout: float, batch_size: int, retries: int,
-                 fill_unscored: bool):
+    def __init__(
+        self, url: str, *, api_key: str | None, timeout: float, batch_size: int, retries: int, fill_unscored: bool
+    ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.__name__ = "cai_remote_reward"  # TRL logs rewards/<__name__>
@@ -45,8 +46,9 @@ class RemoteReward:
                 return r.json()
             except httpx.HTTPStatusError as exc:
                 if r.status_code not in RETRIED:
-                    raise RewardServerError(f"cai reward server {self.endpoint} answered {r.status_code}: "
-                                            f"{r.text[:500]}", r.status_code) from None
+                    raise RewardServerError(
+                        f"cai reward server {self.endpoint} answered {r.status_code}: {r.text[:500]}", r.status_code
+                    ) from None
                 failure = TransientModelError(f"{r.status_code}: {r.text[:200]}", retry_after=_retry_after(exc))
             except httpx.TransportError as exc:
                 failure = TransientModelError(f"{type(exc).__name__}: {exc}")
@@ -65,7 +67,7 @@ class RemoteReward:
         rewards: list[float | None] = []
         unscored: list[bool] = []
         while len(rewards) < len(items):
-            part = items[len(rewards): len(rewards) + self.batch_size]
+            part = items[len(rewards) : len(rewards) + self.batch_size]
             try:
                 out = self._post(part)
             except RewardServerError as exc:
@@ -104,5 +106,6 @@ def remote_reward_function(
     not score come back as None, which TRL treats as "no reward from this function", or with
     ``fill_unscored=True`` as the server's ``judge.unscored_reward`` (default: the judge's worst).
     """
-    return RemoteReward(url, api_key=api_key, timeout=timeout, batch_size=batch_size, retries=retries,
-                        fill_unscored=fill_unscored)
+    return RemoteReward(
+        url, api_key=api_key, timeout=timeout, batch_size=batch_size, retries=retries, fill_unscored=fill_unscored
+    )

@@ -93,7 +93,7 @@ class ServeConfig(_Strict):
     log_level: str = "info"
 
     @model_validator(mode="after")
-    def _needs_keys(self) -> "ServeConfig":
+    def _needs_keys(self) -> ServeConfig:
         a = self.auth
         if not (a.keys_file or a.keys or a.allow_unauthenticated):
             raise ValueError(
@@ -128,7 +128,7 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, raw in (os.environ if environ is None else environ).items():
         if name.startswith(ENV_PREFIX):
-            path = name[len(ENV_PREFIX):].lower().split("__")
+            path = name[len(ENV_PREFIX) :].lower().split("__")
             _set_path(out, path, YamlFile.value(f"environment variable {name}", raw, ConfigError) if raw else raw)
     return out
 

@@ -40,7 +40,7 @@ class JudgeItem(BaseModel):
     b: str | None = None
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "JudgeItem":
+    def _one_kind(self) -> JudgeItem:
         pairwise = self.a is not None or self.b is not None
         if pairwise == (self.response is not None) or (pairwise and (self.a is None or self.b is None)):
             raise ValueError("give either 'response' (pointwise) or both 'a' and 'b' (pairwise)")
@@ -55,15 +55,17 @@ class JudgeRequest(BaseModel):
 def _judge(state: ServerState, kind: str) -> Any:
     judge = state.pairwise if kind == "pairwise" else state.pointwise
     if judge is None:
-        raise APIError(404, f"no {kind} judge configured on this server (config judge.{kind})",
-                       code="judge_not_configured")
+        raise APIError(
+            404, f"no {kind} judge configured on this server (config judge.{kind})", code="judge_not_configured"
+        )
     return judge
 
 
 def _check_batch(state: ServerState, n: int) -> None:
     if n > state.config.limits.max_batch:
-        raise APIError(413, f"{n} items exceed the batch limit of {state.config.limits.max_batch}",
-                       code="batch_too_large")
+        raise APIError(
+            413, f"{n} items exceed the batch limit of {state.config.limits.max_batch}", code="batch_too_large"
+        )
 
 
 async def _nothing() -> list:
@@ -84,10 +86,20 @@ async def judge(request: Request) -> dict[str, Any]:
     conc = state.config.judge.concurrency
     pairs = [(i, it) for i, it in enumerate(req.items) if it.a is not None]
     points = [(i, it) for i, it in enumerate(req.items) if it.a is None]
-    pair_job = (_judge(state, "pairwise").compare_many([(as_prompt(it.prompt), it.a, it.b) for _, it in pairs],
-                                                       concurrency=conc) if pairs else _nothing())
-    point_job = (_judge(state, "pointwise").score_many([(as_prompt(it.prompt), it.response) for _, it in points],
-                                                       concurrency=conc) if points else _nothing())
+    pair_job = (
+        _judge(state, "pairwise").compare_many(
+            [(as_prompt(it.prompt), it.a, it.b) for _, it in pairs], concurrency=conc
+        )
+        if pairs
+        else _nothing()
+    )
+    point_job = (
+        _judge(state, "pointwise").score_many(
+            [(as_prompt(it.prompt), it.response) for _, it in points], concurrency=conc
+        )
+        if points
+        else _nothing()
+    )
     pair_out, point_out = await _bounded(state, asyncio.gather(pair_job, point_job))
     results: list[dict[str, Any]] = [{} for _ in req.items]
     for kind, group, out in (("pairwise", pairs, pair_out), ("pointwise", points, point_out)):
@@ -115,7 +127,7 @@ class RewardRequest(BaseModel):
     fill_unscored: bool = False
 
     @model_validator(mode="after")
-    def _one_shape(self) -> "RewardRequest":
+    def _one_shape(self) -> RewardRequest:
         if (self.items is None) == (self.query is None):
             raise ValueError("give either 'items' or OpenRLHF's 'query' (with optional 'prompts')")
         if self.query is not None and self.prompts is not None and len(self.prompts) != len(self.query):
@@ -150,5 +162,9 @@ async def reward(body: RewardRequest, request: Request) -> dict[str, Any]:
     unscored = [float(r is None) for r in rewards]
     if body.query is not None or body.fill_unscored:
         rewards = [queue.unscored if r is None else r for r in rewards]
-    return {"rewards": rewards, "scores": rewards, "extra_logs": {"unscored": unscored},
-            "details": [s.to_dict() for s in scores]}
+    return {
+        "rewards": rewards,
+        "scores": rewards,
+        "extra_logs": {"unscored": unscored},
+        "details": [s.to_dict() for s in scores],
+    }

@@ -12,16 +12,24 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("cai_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
-        self.latency = Histogram("cai_request_seconds", "Request latency by route", ["route"],
-                                 buckets=_BUCKETS, registry=r)
-        self.stage = Histogram("cai_stage_seconds", "Wrapper stage latency (initial, judge, critique, revision)",
-                               ["stage"], buckets=_BUCKETS, registry=r)
+        self.latency = Histogram(
+            "cai_request_seconds", "Request latency by route", ["route"], buckets=_BUCKETS, registry=r
+        )
+        self.stage = Histogram(
+            "cai_stage_seconds",
+            "Wrapper stage latency (initial, judge, critique, revision)",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
         self.tokens = Counter("cai_tokens", "Tokens used, by kind", ["kind"], registry=r)
         self.revisions = Counter("cai_revisions", "Critique/revision rounds run", registry=r)
         self.revised = Counter("cai_revised_answers", "Answers changed by the revision loop", registry=r)
         self.blocks = Counter("cai_blocks", "Answers replaced by the refusal", registry=r)
-        self.upstream_errors = Counter("cai_upstream_errors", "Upstream model failures by reason", ["reason"],
-                                       registry=r)
-        self.rejected = Counter("cai_rejected", "Requests rejected before work (auth, size, load)", ["reason"],
-                                registry=r)
+        self.upstream_errors = Counter(
+            "cai_upstream_errors", "Upstream model failures by reason", ["reason"], registry=r
+        )
+        self.rejected = Counter(
+            "cai_rejected", "Requests rejected before work (auth, size, load)", ["reason"], registry=r
+        )
         self.in_flight = Gauge("cai_in_flight", "Requests being processed", registry=r)

@@ -7,8 +7,9 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -138,10 +139,19 @@ def usage_body(usage: Any) -> dict[str, int]:
 def logprobs_body(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
     if logprobs is None:
         return None
-    return {"content": [
-        {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode("utf-8")),
-         "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode("utf-8"))} for k, v in t.top.items()]}
-        for t in logprobs]}
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": t.logprob,
+                "bytes": list(t.token.encode("utf-8")),
+                "top_logprobs": [
+                    {"token": k, "logprob": v, "bytes": list(k.encode("utf-8"))} for k, v in t.top.items()
+                ],
+            }
+            for t in logprobs
+        ]
+    }
 
 
 @dataclass
@@ -162,20 +172,29 @@ class Choice:
 
 def choices_of(upstream: dict[str, Any]) -> list[Choice]:
     """The choices of an upstream chat-completion body."""
-    return [Choice(c.get("message", {}).get("content"), c.get("finish_reason") or "stop", c.get("logprobs"),
-                   c.get("message", {}).get("tool_calls"))
-            for c in sorted(upstream.get("choices") or [], key=lambda c: c.get("index", 0))]
+    return [
+        Choice(
+            c.get("message", {}).get("content"),
+            c.get("finish_reason") or "stop",
+            c.get("logprobs"),
+            c.get("message", {}).get("tool_calls"),
+        )
+        for c in sorted(upstream.get("choices") or [], key=lambda c: c.get("index", 0))
+    ]
 
 
-def completion_body(cid: str, model: str, choices: list[Choice], usage: dict[str, int], fp: str,
-                    trace: Any = None) -> dict[str, Any]:
+def completion_body(
+    cid: str, model: str, choices: list[Choice], usage: dict[str, int], fp: str, trace: Any = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": cid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": i, "message": c.message(), "finish_reason": c.finish_reason,
-                     "logprobs": c.logprobs} for i, c in enumerate(choices)],
+        "choices": [
+            {"index": i, "message": c.message(), "finish_reason": c.finish_reason, "logprobs": c.logprobs}
+            for i, c in enumerate(choices)
+        ],
         "usage": usage,
         "system_fingerprint": fp,
     }
@@ -195,8 +214,9 @@ def _pieces(text: str, size: int = 16) -> Iterator[str]:
         start = end
 
 
-def sse_chunks(cid: str, model: str, choices: list[Choice], usage: dict[str, int], fp: str, trace: Any,
-               include_usage: bool) -> Iterator[bytes]:
+def sse_chunks(
+    cid: str, model: str, choices: list[Choice], usage: dict[str, int], fp: str, trace: Any, include_usage: bool
+) -> Iterator[bytes]:
     """The SSE stream of a finished response: per choice a role chunk, text pieces (or its tool
     calls), a finish chunk; then the usage chunk when asked for, then ``[DONE]``."""
     created = int(time.time())
@@ -204,12 +224,20 @@ def sse_chunks(cid: str, model: str, choices: list[Choice], usage: dict[str, int
     def event(body: dict[str, Any]) -> bytes:
         return b"data: " + json.dumps(body, ensure_ascii=False).encode("utf-8") + b"\n\n"
 
-    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None,
-              logprobs: Any = None, **extra: Any) -> bytes:
-        return event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                      "system_fingerprint": fp,
-                      "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason,
-                                   "logprobs": logprobs}], **extra})
+    def chunk(
+        index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None, **extra: Any
+    ) -> bytes:
+        return event(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": fp,
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}],
+                **extra,
+            }
+        )
 
     for i, c in enumerate(choices):
         yield chunk(i, {"role": "assistant", "content": ""})
@@ -218,9 +246,17 @@ def sse_chunks(cid: str, model: str, choices: list[Choice], usage: dict[str, int
         for piece in _pieces(c.text or ""):
             yield chunk(i, {"content": piece})
         last = i == len(choices) - 1
-        yield chunk(i, {}, c.finish_reason, c.logprobs,
-                    **({"cai_trace": trace} if trace is not None and last else {}))
+        yield chunk(i, {}, c.finish_reason, c.logprobs, **({"cai_trace": trace} if trace is not None and last else {}))
     if include_usage:
-        yield event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                     "system_fingerprint": fp, "choices": [], "usage": usage})
+        yield event(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": fp,
+                "choices": [],
+                "usage": usage,
+            }
+        )
     yield b"data: [DONE]\n\n"

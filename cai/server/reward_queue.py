@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from cai.server.chat_markup import Markup, markup_from_tokenizer
 from cai.server.config import ConfigError, ServeConfig
@@ -49,8 +50,7 @@ def load_markup(tokenizer: str) -> Markup:
 
 
 class RewardQueue:
-    def __init__(self, judge: Any, *, max_batch: int, max_queue: int, concurrency: int,
-                 window_s: float = 0.002):
+    def __init__(self, judge: Any, *, max_batch: int, max_queue: int, concurrency: int, window_s: float = 0.002):
         self.judge = judge
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -63,7 +63,7 @@ class RewardQueue:
         self.markup: Markup | None = None
 
     @classmethod
-    def for_config(cls, judge: Any, config: ServeConfig) -> "RewardQueue":
+    def for_config(cls, judge: Any, config: ServeConfig) -> RewardQueue:
         """The queue with what /v1/reward reads from the config: ``unscored`` (the reward an
         unscored item gets) and ``markup`` (how templated OpenRLHF queries are split)."""
         j = config.judge
@@ -89,8 +89,10 @@ class RewardQueue:
         if self._loop is not loop:
             self._bind(loop)
         if len(self._pending) + len(pairs) > self.max_queue:
-            raise QueueFull(f"the reward queue is full ({len(self._pending)} items waiting, "
-                            f"limit judge.max_queue={self.max_queue}); retry shortly")
+            raise QueueFull(
+                f"the reward queue is full ({len(self._pending)} items waiting, "
+                f"limit judge.max_queue={self.max_queue}); retry shortly"
+            )
         futures = [loop.create_future() for _ in pairs]
         self._pending.extend(zip(pairs, futures))
         self._wake.set()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, TypeVar
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cai.models.base import ContextLengthError, ModelError, PermanentModelError, Usage
+from cai.models.base import ContextLengthError, ModelError, Usage
 from cai.models.openai_compat import RemoteChatModel, map_error
 from cai.server.app import ServerState, require, state_of
 from cai.server.errors import APIError
@@ -39,7 +40,7 @@ async def _bounded(state: ServerState, work: Awaitable[T]) -> T:
         state.metrics.upstream_errors.labels("timeout").inc()
         raise APIError(504, f"request took longer than {timeout:g} s", code="timeout") from None
     except ContextLengthError as exc:
-        raise APIError(400, f"context too long for the upstream model: {exc}", code="context_length_exceeded")
+        raise APIError(400, f"context too long for the upstream model: {exc}", code="context_length_exceeded") from None
     except ModelError as exc:
         state.metrics.upstream_errors.labels(exc.reason).inc()
         # the reason only: upstream error bodies can quote credentials or internal hosts
@@ -68,8 +69,9 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
     state = state_of(request)
     wrapper, name = state.wrapper, state.config.served_model_name
     if body.model != name:
-        raise APIError(404, f"model {body.model!r} not found; this server serves {name!r}",
-                       code="model_not_found", param="model")
+        raise APIError(
+            404, f"model {body.model!r} not found; this server serves {name!r}", code="model_not_found", param="model"
+        )
     try:
         messages = body.chat_messages()
     except ValueError as exc:
@@ -81,10 +83,14 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
         trace = None
     else:
         if body.logprobs and (wrapper.mode != "off" or not wrapper.model.capabilities.logprobs):
-            why = (f"log-probs of the upstream's first answer do not describe a {wrapper.mode}-mode answer"
-                   if wrapper.mode != "off" else f"the upstream {wrapper.model.spec} gives no log-probs")
-            raise APIError(400, f"logprobs is not supported here: {why}", code="unsupported_parameter",
-                           param="logprobs")
+            why = (
+                f"log-probs of the upstream's first answer do not describe a {wrapper.mode}-mode answer"
+                if wrapper.mode != "off"
+                else f"the upstream {wrapper.model.spec} gives no log-probs"
+            )
+            raise APIError(
+                400, f"logprobs is not supported here: {why}", code="unsupported_parameter", param="logprobs"
+            )
         params = body.gen_params()
         # n independent answers (each through the whole loop); a seed gives each its own
         runs = [params if params.seed is None else params.replace(seed=params.seed + i) for i in range(body.n)]
@@ -108,13 +114,22 @@ async def _forward(state: ServerState, body: ChatRequest, field: str) -> tuple[l
     ...) to an OpenAI-compatible upstream as it is, under the upstream's retry policy."""
     wrapper = state.wrapper
     if wrapper.mode != "off":
-        raise APIError(400, f"{field} is not supported in mode {wrapper.mode!r}: the constitution revises "
-                            "plain text answers; serve this model in mode off to pass it to the upstream",
-                       code="unsupported_parameter", param=field)
+        raise APIError(
+            400,
+            f"{field} is not supported in mode {wrapper.mode!r}: the constitution revises "
+            "plain text answers; serve this model in mode off to pass it to the upstream",
+            code="unsupported_parameter",
+            param=field,
+        )
     upstream = wrapper.model
     if not isinstance(upstream, RemoteChatModel):
-        raise APIError(400, f"{field} needs an OpenAI-compatible upstream (openai: or litellm:); this "
-                            f"server's upstream is {upstream.spec}", code="unsupported_parameter", param=field)
+        raise APIError(
+            400,
+            f"{field} needs an OpenAI-compatible upstream (openai: or litellm:); this "
+            f"server's upstream is {upstream.spec}",
+            code="unsupported_parameter",
+            param=field,
+        )
 
     async def call() -> dict[str, Any]:
         try:
@@ -127,23 +142,37 @@ async def _forward(state: ServerState, body: ChatRequest, field: str) -> tuple[l
 
     data = await upstream.policy.run(call)
     usage = data.get("usage") or {}
-    return choices_of(data), usage_body(Usage(int(usage.get("prompt_tokens") or 0),
-                                              int(usage.get("completion_tokens") or 0)))
+    return choices_of(data), usage_body(
+        Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    )
 
 
 @router.get("/v1/models", dependencies=[Depends(require("models"))])
 async def list_models(request: Request) -> dict[str, Any]:
     state = state_of(request)
-    return {"object": "list", "data": [{
-        "id": state.config.served_model_name, "object": "model", "created": 0, "owned_by": "cai",
-    }]}
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": state.config.served_model_name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "cai",
+            }
+        ],
+    }
 
 
 @router.get("/healthz")
 async def healthz(request: Request) -> dict[str, Any]:
     state = state_of(request)
-    return {"status": "ok", "model": state.config.served_model_name, "upstream": state.wrapper.model.spec,
-            "mode": state.wrapper.mode, "in_flight": state.in_flight}
+    return {
+        "status": "ok",
+        "model": state.config.served_model_name,
+        "upstream": state.wrapper.model.spec,
+        "mode": state.wrapper.mode,
+        "in_flight": state.in_flight,
+    }
 
 
 @router.get("/metrics", dependencies=[Depends(require("metrics"))])

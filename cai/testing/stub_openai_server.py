@@ -46,8 +46,15 @@ import urllib.request
 from collections import deque
 from typing import Any
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def _words(messages: list[dict[str, Any]]) -> int:
@@ -90,8 +97,11 @@ class _Handler:
     @staticmethod
     def _send(writer: asyncio.StreamWriter, status: int, payload: Any, extra: dict[str, str] | None = None) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", "content-type: application/json",
-                f"content-length: {len(data)}"] + [f"{k}: {v}" for k, v in (extra or {}).items()]
+        head = [
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
+            "content-type: application/json",
+            f"content-length: {len(data)}",
+        ] + [f"{k}: {v}" for k, v in (extra or {}).items()]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
 
     @staticmethod
@@ -109,8 +119,16 @@ class _Handler:
             self.peak_in_flight = self.in_flight
             self._send(writer, 200, {})
         elif path == "/control/stats":
-            self._send(writer, 200, {"requests": self.requests, "faults_left": len(self.faults),
-                                     "peak_in_flight": self.peak_in_flight, "faults_served": self.faults_served})
+            self._send(
+                writer,
+                200,
+                {
+                    "requests": self.requests,
+                    "faults_left": len(self.faults),
+                    "peak_in_flight": self.peak_in_flight,
+                    "faults_served": self.faults_served,
+                },
+            )
         elif path == "/health":
             self._send(writer, 200, {})
         elif path == "/v1/models":
@@ -145,8 +163,11 @@ class _Handler:
             await asyncio.sleep(3600)
         if kind == "truncated":
             data = json.dumps(self.completion(req, prompt_words)).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                         + f"content-length: {len(data)}\r\n\r\n".encode() + data[: len(data) // 2])
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(data)}\r\n\r\n".encode()
+                + data[: len(data) // 2]
+            )
             await writer.drain()
             writer.transport.abort()
             return False
@@ -160,24 +181,38 @@ class _Handler:
         if kind == "malformed":
             self._send(writer, 200, b'{"id": "chatcmpl-broken", "choices": [{"message": ')
         elif kind == "429":
-            self._send(writer, 429, self._error("Rate limit reached", "rate_limit_error", "rate_limit_exceeded"),
-                       {"retry-after": arg or "0.1"})
+            self._send(
+                writer,
+                429,
+                self._error("Rate limit reached", "rate_limit_error", "rate_limit_exceeded"),
+                {"retry-after": arg or "0.1"},
+            )
         elif kind in ("500", "503"):
             self._send(writer, int(kind), self._error("upstream failure", "server_error"))
         elif kind == "leak":
-            self._send(writer, 500, self._error(
-                f"upstream llm-7.internal.example.net:8443 rejected the request (Authorization: {auth})",
-                "server_error"))
+            self._send(
+                writer,
+                500,
+                self._error(
+                    f"upstream llm-7.internal.example.net:8443 rejected the request (Authorization: {auth})",
+                    "server_error",
+                ),
+            )
         elif kind == "400":
             self._send(writer, 400, self._error("invalid request", "invalid_request_error"))
         elif kind == "401":
             self._send(writer, 401, self._error("invalid api key", "authentication_error", "invalid_api_key"))
         elif kind == "context" or (self.max_context is not None and prompt_words > self.max_context):
             limit = self.max_context or 2048
-            self._send(writer, 400, self._error(
-                f"This model's maximum context length is {limit} tokens. However, your request has "
-                f"{prompt_words} input tokens. Please reduce the length of the input messages.",
-                "BadRequestError"))
+            self._send(
+                writer,
+                400,
+                self._error(
+                    f"This model's maximum context length is {limit} tokens. However, your request has "
+                    f"{prompt_words} input tokens. Please reduce the length of the input messages.",
+                    "BadRequestError",
+                ),
+            )
         else:
             self._send(writer, 200, self.completion(req, prompt_words))
         await writer.drain()
@@ -188,34 +223,63 @@ class _Handler:
         max_tokens = req.get("max_tokens") or req.get("max_completion_tokens") or len(words)
         kept = words[:max_tokens]
         message: dict[str, Any] = {"role": "assistant", "content": " ".join(kept)}
-        choice: dict[str, Any] = {"index": 0, "message": message,
-                                  "finish_reason": "length" if len(kept) < len(words) else "stop", "logprobs": None}
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": message,
+            "finish_reason": "length" if len(kept) < len(words) else "stop",
+            "logprobs": None,
+        }
         if req.get("tools"):  # call the first tool, as a tool-calling model would
             name = req["tools"][0]["function"]["name"]
-            message.update(content=None, tool_calls=[{"id": "call_stub", "type": "function",
-                                                      "function": {"name": name, "arguments": "{}"}}])
+            message.update(
+                content=None,
+                tool_calls=[{"id": "call_stub", "type": "function", "function": {"name": name, "arguments": "{}"}}],
+            )
             choice["finish_reason"] = "tool_calls"
         elif (req.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
             message["content"] = json.dumps({"reply": message["content"]})
         if req.get("logprobs"):
             top_n = int(req.get("top_logprobs") or 0)
             tokens = [w if i == 0 else " " + w for i, w in enumerate(kept)]
-            choice["logprobs"] = {"content": [
-                {"token": t, "logprob": -0.25, "bytes": list(t.encode()),
-                 "top_logprobs": [{"token": t, "logprob": -0.25, "bytes": None}]
-                 + [{"token": f"alt{k}", "logprob": -2.0 - k, "bytes": None} for k in range(1, top_n)]}
-                for t in tokens]}
-        return {"id": f"chatcmpl-stub{self.requests}", "object": "chat.completion", "created": int(time.time()),
-                "model": req.get("model", self.model), "choices": [choice],
-                "usage": {"prompt_tokens": prompt_words, "completion_tokens": len(kept),
-                          "total_tokens": prompt_words + len(kept)}}
+            choice["logprobs"] = {
+                "content": [
+                    {
+                        "token": t,
+                        "logprob": -0.25,
+                        "bytes": list(t.encode()),
+                        "top_logprobs": [{"token": t, "logprob": -0.25, "bytes": None}]
+                        + [{"token": f"alt{k}", "logprob": -2.0 - k, "bytes": None} for k in range(1, top_n)],
+                    }
+                    for t in tokens
+                ]
+            }
+        return {
+            "id": f"chatcmpl-stub{self.requests}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": req.get("model", self.model),
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": prompt_words,
+                "completion_tokens": len(kept),
+                "total_tokens": prompt_words + len(kept),
+            },
+        }
 
 
 class StubOpenAIServer:
     """Start/stop wrapper; ``subprocess=True`` runs the server in a child Python process."""
 
-    def __init__(self, *, latency: float = 0.0, reply: str = "OK", model: str = "stub",
-                 max_context: int | None = None, subprocess: bool = False, port: int = 0):
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        reply: str = "OK",
+        model: str = "stub",
+        max_context: int | None = None,
+        subprocess: bool = False,
+        port: int = 0,
+    ):
         self.options = dict(latency=latency, reply=reply, model=model, max_context=max_context)
         self.use_subprocess = subprocess
         self.port = port
@@ -228,7 +292,7 @@ class StubOpenAIServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> "StubOpenAIServer":
+    def start(self) -> StubOpenAIServer:
         if self.use_subprocess:
             self._start_process()
         else:
@@ -256,8 +320,18 @@ class StubOpenAIServer:
             raise RuntimeError("stub OpenAI server did not start")
 
     def _start_process(self) -> None:
-        args = [sys.executable, __file__, "--port", str(self.port), "--latency", str(self.options["latency"]),
-                "--reply", self.options["reply"], "--model", self.options["model"]]
+        args = [
+            sys.executable,
+            __file__,
+            "--port",
+            str(self.port),
+            "--latency",
+            str(self.options["latency"]),
+            "--reply",
+            self.options["reply"],
+            "--model",
+            self.options["model"],
+        ]
         if self.options["max_context"] is not None:
             args += ["--max-context", str(self.options["max_context"])]
         self._proc = sp.Popen(args, stdout=sp.PIPE, text=True)
@@ -305,7 +379,7 @@ class StubOpenAIServer:
     def stats(self) -> dict[str, int]:
         return self._control("/control/stats")
 
-    def __enter__(self) -> "StubOpenAIServer":
+    def __enter__(self) -> StubOpenAIServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
