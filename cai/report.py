@@ -19,18 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cai.errors import NotARunError, ReportError
 from cai.records import Trace
-from cai.stats import REPORT_JSON, NotARunError, run_stats
+from cai.stats import REPORT_JSON, run_stats
 from cai.store import DB_NAME, RunStore
 
 REPORT_HTML = "report.html"
 TRAINER_LOG = "trainer_log.json"
 MAX_SAMPLES = 400  # per run in the sample browser (the page stays small on big runs)
 COLORS = {"chosen": "#2a7ab9", "rejected": "#d1603d", "kept": "#3a9d5d", "dropped": "#c44e52", "other": "#999999"}
-
-
-class ReportError(ValueError):
-    pass
 
 
 # -- plots -----------------------------------------------------------------------------

@@ -21,16 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from cai.errors import NotARunError
 from cai.outputs import PREFERENCES
 from cai.quality import prompt_text, words
 from cai.records import Trace
 from cai.store import DB_NAME, RunStore
 
 REPORT_JSON = "report.json"
-
-
-class NotARunError(FileNotFoundError):
-    pass
 
 
 def _mean(values: Sequence[float]) -> float | None:

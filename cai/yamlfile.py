@@ -20,11 +20,14 @@ before anything walks the expanded data.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from typing import Any, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
+
+from cai.errors import InputFileError, Problem
+
+__all__ = ["InputFileError", "Loc", "Problem", "YamlFile", "did_you_mean", "field_path"]
 
 Loc = tuple[Union[str, int], ...]
 # libyaml is ~6x faster; both give line marks and accept only safe_load-level YAML
@@ -32,27 +35,6 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_DEPTH = 100
 EXPANSION_PER_BYTE = 20  # expanded nodes allowed per byte of text (plus MIN_EXPANSION)
 MIN_EXPANSION = 10_000
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    line: int | None
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-
-
-class InputFileError(ValueError):
-    """One or more problems in an input file, each naming file, line and field."""
-
-    def __init__(self, problems: list[Problem] | str):
-        """``problems``, or one message that already names its file (or flag) and line."""
-        self.problems = [] if isinstance(problems, str) else problems
-        super().__init__(problems if isinstance(problems, str) else "\n".join(str(p) for p in problems))
 
 
 def field_path(loc: Loc) -> str:
@@ -84,13 +66,7 @@ class YamlFile:
     ):
         self.file, self.exc_type = file, error
         if isinstance(text, bytes):
-            try:
-                text = text.decode("utf-8-sig")
-            except UnicodeDecodeError as exc:
-                line = text.count(b"\n", 0, exc.start) + 1
-                raise self.exc_type(
-                    [Problem(file, line, "", f"not UTF-8 text (byte 0x{text[exc.start]:02x})")]
-                ) from None
+            text = self._decode(text)
         try:
             try:
                 self.root = yaml.compose(text, Loader=_Loader)
@@ -122,6 +98,14 @@ class YamlFile:
             self.error((), f"file is empty; expected {expect}")
         if not isinstance(self.data, dict):
             self.error((), f"expected a mapping at the top level, got {type(self.data).__name__}")
+
+    def _decode(self, data: bytes) -> str:
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            problem = Problem(self.file, line, "", f"not UTF-8 text (byte 0x{data[exc.start]:02x})")
+            raise self.exc_type([problem]) from None
 
     @classmethod
     def value(cls, where: str, text: str, error: type[InputFileError] = InputFileError) -> Any:
@@ -218,15 +202,16 @@ class YamlFile:
     def validation_problems(self, exc: ValidationError, model: type[BaseModel]) -> list[Problem]:
         errors = exc.errors()
         # a typo like `critque` also makes `critique` missing: report the typo only
-        typos = set()
-        for err in errors:
+        typos: set[Loc] = set()
+        allowed: dict[int, list[str]] = {}  # error index -> the fields its model has
+        for i, err in enumerate(errors):
             if err["type"] == "extra_forbidden":
                 owner = _model_at(model, err["loc"][:-1])
-                err["allowed"] = list(owner.model_fields) if owner else []
-                close = difflib.get_close_matches(str(err["loc"][-1]), err["allowed"], n=1, cutoff=0.6)
+                allowed[i] = list(owner.model_fields) if owner else []
+                close = difflib.get_close_matches(str(err["loc"][-1]), allowed[i], n=1, cutoff=0.6)
                 typos.update((*err["loc"][:-1], name) for name in close)
         problems = []
-        for err in errors:
+        for i, err in enumerate(errors):
             loc: Loc = tuple(err["loc"])
             kind, given = err["type"], err.get("input")
             if kind == "missing":
@@ -234,7 +219,7 @@ class YamlFile:
                     continue
                 message = "required field is missing"
             elif kind == "extra_forbidden":
-                message = f"unknown field {loc[-1]!r}" + did_you_mean(str(loc[-1]), err["allowed"])
+                message = f"unknown field {loc[-1]!r}" + did_you_mean(str(loc[-1]), allowed[i])
             elif kind == "duplicate_name":
                 first_line = self.line_of((*loc, err["ctx"]["first"], "name"))
                 loc = (*loc, err["ctx"]["index"], "name")
