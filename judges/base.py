@@ -183,13 +183,17 @@ class PointwiseJudge(ABC):
         """The score as an RL reward: negated where lower is better; None when unscored."""
         if not score.ok or score.value is None:
             return None
-        return (score.value if self.higher_is_better else -score.value) + 0.0  # + 0.0: no -0.0
+        return self._signed(score.value)
 
     def worst_reward(self) -> float | None:
         """The lowest reward this judge gives (from ``scale``); None when it is unknown."""
         if self.scale is None:
             return None
-        return min(self.scale) if self.higher_is_better else -max(self.scale)
+        return min(self._signed(v) for v in self.scale)
+
+    def _signed(self, value: float) -> float:
+        # the one place of the sign rule (higher_is_better); + 0.0: no -0.0
+        return (value if self.higher_is_better else -value) + 0.0
 
     async def score_many(
         self,

@@ -1,6 +1,6 @@
 """Labelling runs (RLAIF): prompts with candidate responses in, a TRL preference dataset out.
 
-Runs on ``cai.runner`` with the run store's call cache, so a killed run resumes with the same
+Runs as a ``cai.jobs`` job with the run store's call cache, so a killed run resumes with the same
 command, repeats no finished judge or policy call, and writes each sample exactly once.
 
 Outputs in the run directory:
@@ -18,13 +18,11 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from cai.jobs import Job, JobContext, run_job
 from cai.models.base import ChatModel, GenParams, Message, Usage
-from cai.models.registry import load_model
-from cai.runner import Outcome, OutputWriter, Runner, RunSummary, Sample
-from cai.store import CachedModel, RunStore
-from judges.base import PairwiseJudge, PointwiseJudge
+from cai.runner import Outcome, OutputWriter, RunSummary, Sample, Work
+from judges.base import Judge, PairwiseJudge, PointwiseJudge
 from judges.data import CandidateSet
-from judges.registry import load_judge
 
 
 @dataclass
@@ -58,9 +56,9 @@ async def _pairwise(judge: PairwiseJudge, prompt: list[Message], candidates: lis
         return {"status": "failed", "error": failed.error, "verdicts": details, "usage": usage}
     wins: dict[int, list[float]] = {}
     for (i, j), v in zip(pairs, verdicts):
-        if v.ok:
-            wins.setdefault(i, []).append(v.p_a)  # type: ignore[arg-type]
-            wins.setdefault(j, []).append(1 - v.p_a)  # type: ignore[operator]
+        if v.ok and v.p_a is not None:
+            wins.setdefault(i, []).append(v.p_a)
+            wins.setdefault(j, []).append(1 - v.p_a)
     rate = {i: sum(ps) / len(ps) for i, ps in wins.items()}
     result: dict[str, Any] = {
         "verdicts": details,
@@ -72,9 +70,9 @@ async def _pairwise(judge: PairwiseJudge, prompt: list[Message], candidates: lis
     best = max(rate, key=rate.get)  # type: ignore[arg-type]
     worst = min((i for i in rate if i != best), key=rate.get)  # type: ignore[arg-type]
     direct = verdicts[pairs.index((min(best, worst), max(best, worst)))]
-    if not direct.ok:
+    if not direct.ok or direct.p_a is None:
         return {**result, "status": "unparseable", "error": "chosen/rejected pair has no readable verdict"}
-    p_best = direct.p_a if best < worst else 1 - direct.p_a  # type: ignore[operator]
+    p_best = direct.p_a if best < worst else 1 - direct.p_a
     return {
         **result,
         "status": "ok",
@@ -99,8 +97,7 @@ async def _pointwise(judge: PointwiseJudge, prompt: list[Message], candidates: l
     failed = next((s for s in scores if s.status == "failed"), None)
     if failed is not None:
         return {**result, "status": "failed", "error": failed.error}
-    sign = 1 if judge.higher_is_better else -1
-    ok = {i: sign * s.value for i, s in enumerate(scores) if s.ok}  # type: ignore[operator]
+    ok = {i: reward for i, s in enumerate(scores) if (reward := judge.reward(s)) is not None}  # higher is better
     if len(ok) < 2:
         return {**result, "status": "unparseable", "error": "fewer than two readable scores"}
     best = max(ok, key=ok.get)  # type: ignore[arg-type]
@@ -177,75 +174,76 @@ async def label(
     """Label ``inputs`` into ``out`` (a run directory; None = in memory, no resume).
 
     ``judge_model`` / ``policy_model`` replace the models named in the config's specs (e.g. an
-    already loaded model); their calls are cached in the run store all the same.
+    already loaded model); their calls are cached in the run store all the same. A judge and
+    a policy naming the same spec share one loaded model.
     """
     if config.samples < 1 and config.policy is not None:
         raise ValueError("a policy model needs samples >= 1")
     if config.samples >= 1 and config.policy is None:
         raise ValueError("sampling responses (samples >= 1) needs a policy model spec")
-    store = RunStore(out, config=config.store_config(), new_run=new_run)
-    judge = load_judge(
-        config.judge, model=judge_model, model_options=model_options, store=store, **config.judge_options
-    )
-    policy = None
-    if config.policy:
-        policy = CachedModel(policy_model or load_model(config.policy, **(model_options or {})), store)
-    try:
-
-        async def work(sample: Sample) -> Outcome:
-            item: CandidateSet = sample.data
-            candidates = list(item.candidates)
-            usage = Usage()
-            if policy is not None:
-                for seed in range(config.samples):
-                    completion = await policy.chat(item.prompt, config.sample_params.replace(seed=seed))
-                    candidates.append(completion.text)
-                    usage = usage + completion.usage
-            if len(candidates) < 2:
-                return Outcome(
-                    record={
-                        "id": sample.id,
-                        "error": f"{item.source}: fewer than two candidates (use --samples N --policy SPEC)",
-                    },
-                    failed="too_few_candidates",
-                )
-            result = await label_candidates(judge, item.prompt, candidates)
-            usage = usage + result.pop("usage")
-            record = {
-                "id": sample.id,
-                "source": item.source,
-                "prompt": item.prompt,
-                "candidates": candidates,
-                "judge": config.judge,
-                **result,
-            }
-            if record["status"] == "failed":
-                return Outcome(record=record, failed="judge_failed", usage=usage)
-            return Outcome(record=record, counters=_counters(record, config.keep_inconsistent), usage=usage)
-
-        writers = [
+    job = Job(
+        "label",
+        config.store_config(),
+        [Sample(item.id, item, input_hash=item.input_hash()) for item in inputs],
+        writers=[
             OutputWriter(
                 "preferences.jsonl", lambda r: [row] if (row := preference_row(r, config.keep_inconsistent)) else []
             ),
             OutputWriter("labels.jsonl", lambda r: [r]),
-        ]
-        runner = Runner(
-            store,
-            writers,
-            concurrency=concurrency,
-            title="label",
-            progress=progress,
-            show_counters=["labelled", "inconsistent"],
-        )
-        samples = [Sample(item.id, item, input_hash=item.input_hash()) for item in inputs]
-        summary = await runner.run(samples, work)
-        if progress:
-            runner.print_summary(summary)
-        return summary
-    finally:
-        await judge.aclose()
-        if judge_model is None and getattr(judge, "model", None) is not None:  # loaded for this run
-            await judge.model.aclose()
+        ],
+        show_counters=["labelled", "inconsistent"],
+        print_summary=True,
+    )
+
+    async def setup(ctx: JobContext) -> Work:
+        judge = ctx.judge(config.judge, model=judge_model, **config.judge_options)
+        policy = None
+        if config.policy:
+            policy = ctx.cached(policy_model or ctx.models.get(config.policy))
+        return _work(judge, policy, config)
+
+    result = await run_job(
+        job,
+        out,
+        setup,
+        new_run=new_run,
+        concurrency=concurrency,
+        progress=progress,
+        model_options=model_options,
+    )
+    return result.summary
+
+
+def _work(judge: Judge, policy: ChatModel | None, config: LabelConfig) -> Work:
+    async def work(sample: Sample) -> Outcome:
+        item: CandidateSet = sample.data
+        candidates = list(item.candidates)
+        usage = Usage()
         if policy is not None:
-            await policy.aclose()
-        store.close()
+            for seed in range(config.samples):
+                completion = await policy.chat(item.prompt, config.sample_params.replace(seed=seed))
+                candidates.append(completion.text)
+                usage = usage + completion.usage
+        if len(candidates) < 2:
+            return Outcome(
+                record={
+                    "id": sample.id,
+                    "error": f"{item.source}: fewer than two candidates (use --samples N --policy SPEC)",
+                },
+                failed="too_few_candidates",
+            )
+        result = await label_candidates(judge, item.prompt, candidates)
+        usage = usage + result.pop("usage")
+        record = {
+            "id": sample.id,
+            "source": item.source,
+            "prompt": item.prompt,
+            "candidates": candidates,
+            "judge": config.judge,
+            **result,
+        }
+        if record["status"] == "failed":
+            return Outcome(record=record, failed="judge_failed", usage=usage)
+        return Outcome(record=record, counters=_counters(record, config.keep_inconsistent), usage=usage)
+
+    return work

@@ -7,7 +7,9 @@
   rules:refusal | rules:length:MIN:MAX | rules:regex:PATTERN
 
 Third-party judges register a factory ``(rest: str, **options) -> judge`` under the entry
-point group ``cai.judges``; the spec ``NAME:REST`` then calls it.
+point group ``cai.judges``; the spec ``NAME:REST`` then calls it. A plugin judge that keeps its
+ChatModel in ``.model`` (as the built-in LLM judges do) gets it wrapped in the run store's
+``CachedModel`` when a store is given, so its calls are cached and resumed like theirs.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any
 from cai.models.base import ChatModel
 from cai.models.registry import load_model
 from cai.store import CachedModel, RunStore
-from judges.base import PairwiseJudge, PointwiseJudge
+from judges.base import Judge, PairwiseJudge, PointwiseJudge
 
 ENTRY_POINT_GROUP = "cai.judges"
 KINDS = ("pairwise", "pointwise", "violation", "rm", "rules")
+MODEL_KINDS = ("pairwise", "pointwise", "violation")  # REST is a model spec
 
 
 class JudgeSpecError(ValueError):
@@ -62,6 +65,30 @@ def available_judges() -> list[str]:
     return sorted(set(KINDS) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
+def _plugin(kind: str) -> Callable[..., Any] | None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == kind:
+            factory: Callable[..., Any] = ep.load()
+            return factory
+    return None
+
+
+def judge_model_spec(spec: str) -> str | None:
+    """The model spec inside a built-in LLM judge's spec (``pairwise:embedded`` ->
+    ``embedded``); None for judges without one (rules, rm, plugins) or an empty model part."""
+    kind, _, rest = spec.strip().partition(":")
+    if kind not in MODEL_KINDS or not rest.strip() or _plugin(kind) is not None:
+        return None
+    return rest.strip()
+
+
+def _cache_plugin(judge: Judge, store: RunStore | None) -> Judge:
+    model = getattr(judge, "model", None)
+    if store is not None and isinstance(model, ChatModel) and not isinstance(model, CachedModel):
+        setattr(judge, "model", CachedModel(model, store))  # noqa: B010  (plugin judges declare no .model)
+    return judge
+
+
 def load_judge(
     spec: str | PairwiseJudge | PointwiseJudge,
     *,
@@ -74,15 +101,15 @@ def load_judge(
 
     ``model`` overrides the model part of the spec; ``model_options`` go to ``load_model``
     (e.g. base_url, api_key); with ``store`` the judge's model calls are cached in that run
-    store (a rerun or resume repeats no finished call); other options go to the judge class.
+    store (a rerun or resume repeats no finished call; plugin judges: see the module
+    docstring); other options go to the judge class (or the plugin's factory).
     """
     if isinstance(spec, (PairwiseJudge, PointwiseJudge)):
         return spec
     kind, _, rest = spec.strip().partition(":")
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == kind:
-            factory: Callable[..., Any] = ep.load()
-            return factory(rest, **options)
+    factory = _plugin(kind)
+    if factory is not None:
+        return _cache_plugin(factory(rest, **options), store)
     if kind == "pairwise":
         from judges.pairwise import LLMPairwiseJudge
 

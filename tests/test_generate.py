@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import cai
-from cai.api import agenerate_run
+from cai.generation import agenerate_run
 from cai.models import PermanentModelError, ScriptedModel
 from cai.store import ConfigMismatchError, RunStore
 

@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from cai.api import agenerate_run
+from cai.generation import agenerate_run
 from cai.cli import app
 from cai.commands.generate import why_no_pairs
 from cai.models import GenParams, ScriptedModel
