@@ -178,7 +178,7 @@ class ConstitutionalGuardrail(CustomGuardrail):
         for (obj, key), reply in zip(targets, replies):
             _set(obj, key, reply.text)
         _add_usage(getattr(response, "usage", None), sum((r.usage for r in replies), Usage()))
-        actions = [r.trace.metadata.get("action") for r in replies if r.trace is not None]
+        actions = [str(r.trace.metadata.get("action")) for r in replies if r.trace is not None]
         hidden = getattr(response, "_hidden_params", None)
         if isinstance(hidden, dict) and actions:
             # LiteLLM puts _hidden_params into response headers/logs, not the body

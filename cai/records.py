@@ -1,16 +1,126 @@
-"""Record types that cross module boundaries, and their TRL output forms."""
+"""Record types that cross module boundaries, and their TRL output forms: the one place that
+defines them and converts between them.
+
+- a chat message: ``{"role", "content"}`` (``Message``); ``check_messages`` validates a list of them;
+- an SFT row: ``{"messages": [...prompt, assistant answer]}`` (``sft_row``);
+- a preference row: ``{"prompt", "chosen", "rejected"}`` (TRL conversational), with the
+  judge's ``score_chosen``, ``score_rejected``, ``margin`` and ``consistent`` when a judge
+  scored it (``preference_row``);
+- a trace: everything that happened to one sample (``Trace``, its rounds ``Step``), with the
+  usage and seconds of each model call;
+- a verdict: a judge's decision on one pair (``Verdict``, stored under ``trace.metadata["verify"]``).
+
+``Trace.from_dict`` reads every stored form of a trace: fields added later (per-call usage and
+timing) take their defaults when a stored trace lacks them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypedDict
 
 from cai.models.base import Message, Usage
+
+CHAT_ROLES = ("system", "user", "assistant")
+#: the judge's numbers a preference row carries when a judge scored the pair
+PAIR_SCORES = ("score_chosen", "score_rejected", "margin", "consistent")
+
+
+def message(role: str, content: str) -> Message:
+    return {"role": role, "content": content}
+
+
+def check_messages(
+    value: Any,
+    name: str = "messages",
+    *,
+    roles: Collection[str] | None = CHAT_ROLES,
+    last_role: str | None = None,
+) -> list[Message]:
+    """``value`` as a list of plain ``{"role", "content"}`` messages (other keys dropped).
+
+    ``roles``: the roles allowed (None: any string); ``last_role``: the role the last message
+    must have. Raises ValueError whose message starts with the field, e.g.
+    ``messages[2].content: expected a string``."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{name}: expected a non-empty list of messages")
+    out = []
+    for i, m in enumerate(value):
+        role = m.get("role") if isinstance(m, dict) else None
+        if not isinstance(role, str) or (roles is not None and role not in roles):
+            allowed = "|".join(roles) if roles is not None else "str"
+            raise ValueError(f"{name}[{i}]: expected {{'role': {allowed}, 'content': str}}")
+        if not isinstance(m.get("content"), str):
+            raise ValueError(f"{name}[{i}].content: expected a string")
+        out.append(message(role, m["content"]))
+    if last_role is not None and out[-1]["role"] != last_role:
+        raise ValueError(f"{name}: the conversation must end with a {last_role} turn")
+    return out
+
+
+def sft_row(prompt: Sequence[Message], answer: str) -> dict[str, Any]:
+    """TRL conversational SFT row: the prompt turns and the answer."""
+    return {"messages": [*prompt, message("assistant", answer)]}
+
+
+def preference_row(
+    prompt: Sequence[Message],
+    chosen: str,
+    rejected: str,
+    *,
+    scores: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """TRL conversational preference row. ``scores`` (a verdict or a label record) adds the
+    ``PAIR_SCORES`` fields (None where it lacks one); ``extra`` fields (e.g. ``id``) come first."""
+    row = {
+        **extra,
+        "prompt": list(prompt),
+        "chosen": [message("assistant", chosen)],
+        "rejected": [message("assistant", rejected)],
+    }
+    if scores is not None:
+        row.update({k: scores.get(k) for k in PAIR_SCORES})
+    return row
+
+
+class Verdict(TypedDict, total=False):
+    """A judge's decision on (final revision, initial answer); see ``judges.verify``."""
+
+    judge: str
+    status: str  # "ok" | "unparseable" | "failed"
+    score_chosen: float | None
+    score_rejected: float | None
+    margin: float | None  # signed: negative when the initial answer wins
+    consistent: bool | None  # both orders agreed (pairwise judges)
+    kept: bool
+    reason: str | None  # why not kept: initial_wins, inconsistent, tie, unparseable, low_margin, judge_failed
+    error: str | None
+    details: list[Any]
+
+
+def _usage_fields(cls: type) -> list[str]:
+    return [f.name for f in fields(cls) if f.name.endswith("usage")]
+
+
+def _to_dict(record: Any) -> dict[str, Any]:
+    data = asdict(record)
+    for name in _usage_fields(type(record)):
+        data[name] = getattr(record, name).to_dict()
+    return data
+
+
+def _usages_from(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with its usage fields as ``Usage`` (absent ones: zero, as in traces stored before they existed)."""
+    return {**data, **{name: Usage.from_dict(data.get(name)) for name in _usage_fields(cls)}}
 
 
 @dataclass
 class Step:
-    """One critique -> revision round."""
+    """One critique -> revision round, with the usage and seconds of each of its two calls
+    (zero usage when the call was not made: ``critique_usage.calls`` / ``revision_usage.calls``
+    say whether it was)."""
 
     principle: str
     critique_request: str
@@ -19,11 +129,24 @@ class Step:
     revision: str | None = None  # None when the round stopped early
     accepted: bool = False  # the revision replaced the previous answer
     note: str = ""  # e.g. "no_revision_needed", "degenerate:empty"
+    critique_usage: Usage = field(default_factory=Usage)
+    critique_seconds: float = 0.0
+    revision_usage: Usage = field(default_factory=Usage)
+    revision_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Step:
+        return cls(**_usages_from(cls, data))
 
 
 @dataclass
 class Trace:
-    """Everything that happened to one sample."""
+    """Everything that happened to one sample. ``usage`` sums every call (the initial answer's
+    and each step's); ``initial_usage`` / ``initial_seconds`` are the initial answer's call
+    (zero when the answer was given, not generated)."""
 
     id: str
     prompt: list[Message]  # the conversation up to (and including) the last user turn
@@ -36,6 +159,8 @@ class Trace:
     model: str = ""
     constitution: str = ""  # Constitution.id
     metadata: dict[str, Any] = field(default_factory=dict)
+    initial_usage: Usage = field(default_factory=Usage)
+    initial_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -45,27 +170,33 @@ class Trace:
     def revised(self) -> bool:
         return self.ok and bool(self.final) and self.final.strip() != self.initial.strip()
 
+    @property
+    def verdict(self) -> Verdict | None:
+        """The judge's verdict on the pair, when a judge verified it."""
+        return self.metadata.get("verify")
+
+    @property
+    def pair_kept(self) -> bool:
+        """The sample makes a preference row: it was revised and, if a judge verified it, kept."""
+        verdict = self.verdict
+        return self.revised and (verdict is None or bool(verdict.get("kept")))
+
     def sft_record(self) -> dict[str, Any]:
-        return {"messages": [*self.prompt, {"role": "assistant", "content": self.final}]}
+        return sft_row(self.prompt, self.final)
 
     def preference_record(self) -> dict[str, Any] | None:
         """TRL conversational preference: chosen = final revision, rejected = initial answer."""
         if not self.revised:
             return None
-        return {
-            "prompt": list(self.prompt),
-            "chosen": [{"role": "assistant", "content": self.final}],
-            "rejected": [{"role": "assistant", "content": self.initial}],
-        }
+        return preference_row(self.prompt, self.final, self.initial)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["usage"] = self.usage.to_dict()
+        data = _to_dict(self)
+        data["steps"] = [s.to_dict() for s in self.steps]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Trace:
-        data = dict(data)
-        data["steps"] = [Step(**s) for s in data.get("steps", [])]
-        data["usage"] = Usage.from_dict(data.get("usage"))
+        data = _usages_from(cls, data)
+        data["steps"] = [Step.from_dict(s) for s in data.get("steps", [])]
         return cls(**data)

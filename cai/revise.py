@@ -24,13 +24,16 @@ import hashlib
 import json
 import random
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cai.constitution import Constitution, Principle, Sampling, load_constitution
-from cai.models.base import ChatModel, ContextLengthError, GenParams, Message, ModelError, Usage
+from cai.models.base import ChatModel, Completion, ContextLengthError, GenParams, Message, ModelError, Usage
 from cai.quality import QualityGates, gate_reason, prompt_text
-from cai.records import Step, Trace
+from cai.records import Step, Trace, check_messages, message
+from cai.revise_config import ReviseConfig
 
 # always recognised, whatever the constitution lists
 BUILTIN_STOP_PATTERNS = [
@@ -141,13 +144,10 @@ def pick_principles(
 
 
 def normalize_prompt(prompt: str | Sequence[Message]) -> list[Message]:
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
-    if not messages or messages[-1].get("role") != "user":
-        raise ValueError("a prompt must be a string or a conversation ending with a user turn")
-    for m in messages:
-        if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
-            raise ValueError(f"bad message in prompt: {m!r}")
-    return messages
+    """A prompt string or conversation as plain messages ending with a user turn (ValueError if not)."""
+    if isinstance(prompt, str):
+        return [message("user", prompt)]
+    return check_messages(list(prompt), "prompt", last_role="user")
 
 
 def _with_few_shot(prompt: list[Message], constitution: Constitution, few_shot: bool) -> list[Message]:
@@ -159,11 +159,17 @@ def _with_few_shot(prompt: list[Message], constitution: Constitution, few_shot: 
 
 
 @dataclass
+class _Reply:
+    text: str  # stripped
+    finish_reason: str
+    usage: Usage  # this one call (calls=1)
+    seconds: float
+
+
+@dataclass
 class _Conversation:
     model: ChatModel
     params: GenParams
-    usage: Usage
-    last_finish: str = "stop"
 
     def fit(self, messages: list[Message]) -> GenParams:
         """Params that fit the model context; ContextLengthError when the prompt alone does not."""
@@ -177,41 +183,75 @@ class _Conversation:
             return self.params.replace(max_tokens=ctx - n)
         return self.params
 
-    async def say(self, messages: list[Message]) -> str:
-        completion = await self.model.chat(messages, self.fit(messages))
-        self.last_finish = completion.finish_reason
-        self.usage = self.usage + Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens, 1)
-        return completion.text.strip()
+    async def say(self, messages: list[Message]) -> _Reply:
+        params = self.fit(messages)
+        start = time.perf_counter()
+        completion = await self.model.chat(messages, params)
+        usage = Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens, 1)
+        return _Reply(completion.text.strip(), completion.finish_reason, usage, time.perf_counter() - start)
 
 
 def _prompt_key(messages: list[Message]) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _resolve(constitution: Constitution, config: ReviseConfig | None, options: dict[str, Any]) -> ReviseConfig:
+    """``config``, or one built from the keyword options (the older way to call ``revise``)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if config is None:
+        return ReviseConfig.from_constitution(constitution, **given)
+    if given:
+        raise TypeError(f"revise: pass {', '.join(sorted(given))} in config, not next to it")
+    return config
+
+
+async def _initial(trace: Trace, conv: _Conversation, initial: str | Completion | None) -> None:
+    """Set the trace's initial answer: the one given, or the model's reply to the prompt alone."""
+    if initial is None:
+        reply = await conv.say(trace.prompt)
+        trace.initial, trace.initial_usage, trace.initial_seconds = reply.text, reply.usage, reply.seconds
+        finish = reply.finish_reason
+    elif isinstance(initial, Completion):
+        trace.initial, trace.initial_usage, finish = initial.text.strip(), initial.usage, initial.finish_reason
+    else:
+        trace.initial, finish = initial.strip(), "stop"
+    if finish == "length":
+        trace.metadata["initial_truncated"] = True
+
+
+def _fail(trace: Trace, exc: ModelError) -> None:
+    trace.stop_reason, trace.error = "failed", exc.reason
+    trace.metadata["error_message"] = str(exc)
+
+
 async def revise(
     model: ChatModel,
     prompt: str | Sequence[Message],
     constitution: Constitution | str = "harmless",
+    config: ReviseConfig | None = None,
     *,
+    initial: str | Completion | None = None,
+    sample_id: str | None = None,
     revisions: int | None = None,
     sampling: Sampling | None = None,
     seed: int | None = None,
-    few_shot: bool = True,
+    few_shot: bool | None = None,
     params: GenParams | None = None,
-    sample_id: str | None = None,
     gates: QualityGates | None = None,
 ) -> Trace:
-    """Critique and revise one prompt's answer. ``None`` options take the constitution's
-    defaults (``gates``: ``QualityGates()``; see ``cai.quality``). Model errors do not raise:
-    the trace comes back with ``stop_reason="failed"`` and ``error`` set to the reason
-    (e.g. ``context_length``)."""
+    """Critique and revise one prompt's answer.
+
+    ``config``: the loop's settings (``ReviseConfig``; default: the constitution's defaults).
+    The keyword options ``revisions`` ... ``gates`` are the older spelling of the same
+    settings (``None`` takes the default); pass either them or ``config``.
+    ``initial``: the answer to revise, instead of generating one from the prompt (a
+    Completion's usage is recorded as the trace's ``initial_usage``; its ``finish_reason
+    == "length"`` marks ``initial_truncated``). Model errors do not raise: the trace comes
+    back with ``stop_reason="failed"`` and ``error`` set to the reason (e.g. ``context_length``).
+    Each step records its calls' usage and seconds; ``trace.usage`` is their sum."""
     constitution = load_constitution(constitution)
-    defaults = constitution.defaults
-    revisions = defaults.revisions if revisions is None else revisions
-    sampling = sampling or defaults.sampling
-    seed = defaults.seed if seed is None else seed
-    stop_phrases = defaults.stop_phrases
-    gates = QualityGates() if gates is None else gates
+    options = {"revisions": revisions, "sampling": sampling, "seed": seed, "few_shot": few_shot, "params": params}
+    config = _resolve(constitution, config, {**options, "gates": gates})
     messages = normalize_prompt(prompt)
     key = sample_id or _prompt_key(messages)
     trace = Trace(
@@ -219,36 +259,48 @@ async def revise(
         prompt=messages,
         model=model.spec,
         constitution=constitution.id,
-        metadata={"sampling": sampling, "seed": seed, "few_shot": few_shot, "revisions": revisions},
+        metadata=config.metadata(),
     )
-    conv = _Conversation(model, params or GenParams(), Usage())
+    conv = _Conversation(model, config.params)
     try:
-        trace.initial = await conv.say(messages)
-        if conv.last_finish == "length":
-            trace.metadata["initial_truncated"] = True
+        await _initial(trace, conv, initial)
     except ModelError as exc:
-        trace.stop_reason, trace.error = "failed", exc.reason
-        trace.metadata["error_message"] = str(exc)
-        trace.usage = conv.usage
+        _fail(trace, exc)
+        trace.usage = trace.initial_usage
         return trace
+    current = await _loop(trace, conv, constitution, config, key)
+    trace.usage = sum((s.critique_usage + s.revision_usage for s in trace.steps), trace.initial_usage)
+    if trace.stop_reason != "failed":
+        trace.final = current
+        if not _norm(current):
+            trace.stop_reason, trace.error = "failed", "empty_answer"
+        elif is_stop_phrase_answer(current, config.stop_phrases):
+            trace.stop_reason, trace.error = "failed", "stop_phrase_answer"
+    return trace
 
+
+async def _loop(trace: Trace, conv: _Conversation, constitution: Constitution, config: ReviseConfig, key: str) -> str:
+    """Run the rounds on ``trace`` (steps and stop reason); the answer that stands at the end."""
     current = trace.initial
+    messages = trace.prompt
+    stop_phrases = config.stop_phrases
     examples = [e.revision for e in constitution.few_shot] + [e.critique for e in constitution.few_shot]
-    history = [*_with_few_shot(messages, constitution, few_shot), {"role": "assistant", "content": current}]
+    history = [*_with_few_shot(messages, constitution, config.few_shot), {"role": "assistant", "content": current}]
     trace.stop_reason = "completed"
-    for principle in pick_principles(constitution, sampling, revisions, seed=seed, key=key):
+    for principle in pick_principles(constitution, config.sampling, config.revisions, seed=config.seed, key=key):
         step = Step(principle=principle.name, critique_request=principle.critique, critique="")
+        trace.steps.append(step)
+        finish = "stop"
         try:
             ask = [*history, {"role": "user", "content": principle.critique}]
-            step.critique = await conv.say(ask)
+            reply = await conv.say(ask)
+            step.critique, step.critique_usage, step.critique_seconds = reply.text, reply.usage, reply.seconds
             if _echoes(step.critique, principle.critique):
                 # the request (which quotes the stop phrase) parroted back is no verdict
                 step.note = "degenerate_critique:request_echoed"
-                trace.steps.append(step)
                 continue
             if says_no_revision_needed(step.critique, stop_phrases):
                 step.note = "no_revision_needed"
-                trace.steps.append(step)
                 trace.stop_reason = "early_stop"
                 break
             step.revision_request = principle.revision
@@ -257,16 +309,15 @@ async def revise(
                 {"role": "assistant", "content": step.critique},
                 {"role": "user", "content": principle.revision},
             ]
-            step.revision = clean_revision(await conv.say(ask))
+            reply = await conv.say(ask)
+            step.revision_usage, step.revision_seconds = reply.usage, reply.seconds
+            step.revision, finish = clean_revision(reply.text), reply.finish_reason
         except ContextLengthError:
-            trace.steps.append(step)
             step.note = "context_full"
             trace.stop_reason = "context_full"
             break
         except ModelError as exc:
-            trace.stop_reason, trace.error = "failed", exc.reason
-            trace.metadata["error_message"] = str(exc)
-            trace.steps.append(step)
+            _fail(trace, exc)
             break
         bad = degenerate_reason(
             step.revision,
@@ -276,8 +327,8 @@ async def revise(
             examples=examples,
         ) or gate_reason(
             step.revision,
-            gates,
-            finish_reason=conv.last_finish,
+            config.gates,
+            finish_reason=finish,
             prompt_text=prompt_text(messages),
             answer=current,
             critique_text=f"{principle.critique}\n{step.critique}\n{principle.revision}",
@@ -288,17 +339,8 @@ async def revise(
         else:
             step.accepted = step.revision != current
             step.note = "" if step.accepted else "unchanged"
-            if step.accepted and conv.last_finish == "length":
+            if step.accepted and finish == "length":
                 step.note = "truncated"  # kept (on_truncated="keep") but flagged
             current = step.revision
             history = [*ask, {"role": "assistant", "content": current}]
-        trace.steps.append(step)
-
-    trace.usage = conv.usage
-    if trace.stop_reason != "failed":
-        trace.final = current
-        if not _norm(current):
-            trace.stop_reason, trace.error = "failed", "empty_answer"
-        elif is_stop_phrase_answer(current, stop_phrases):
-            trace.stop_reason, trace.error = "failed", "stop_phrase_answer"
-    return trace
+    return current

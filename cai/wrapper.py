@@ -11,30 +11,33 @@ Modes:
   ``on_flag``  a cheap violation judge scores the answer; only flagged answers are revised.
   ``block``    flagged answers are replaced by ``refusal``.
 
-The critique/revision loop is the engine's ``revise``; this module adds the gating, the
-per-stage timing and token accounting, and the ChatModel interface so wrappers compose.
+The critique/revision loop is the engine's ``revise``, given the answer the wrapper already
+has (``initial=``); this module adds the gating, the per-stage timing and token accounting
+(the loop's stages are read from the usage and seconds each ``Step`` records), and the
+ChatModel interface so wrappers compose.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from cai.constitution import Constitution, load_constitution
+from cai.constitution import Constitution, Sampling, load_constitution
 from cai.models.base import (
     Capabilities,
     ChatModel,
     Completion,
+    FinishReason,
     GenParams,
     Message,
     ModelError,
-    ModelWrapper,
     Usage,
 )
 from cai.records import Trace
+from cai.revise_config import ReviseConfig
 
 Mode = Literal["off", "always", "on_flag", "block"]
 MODES: tuple[str, ...] = ("off", "always", "on_flag", "block")
@@ -73,27 +76,7 @@ class WrappedCompletion(Completion):
     trace: Trace | None = None
 
 
-class _CallLog(ModelWrapper):
-    """Times every call to ``model``. Serves ``prefill`` for the first call: ``revise`` asks
-    for the initial answer first, and the wrapper already has it."""
-
-    def __init__(self, model: ChatModel, prefill: Completion | None = None):
-        super().__init__(model)
-        self.prefill = prefill
-        self.calls: list[tuple[str, float, Usage]] = []  # (last user message, seconds, usage)
-
-    async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
-        if self.prefill is not None:
-            out, self.prefill = self.prefill, None
-            return Completion(out.text, out.finish_reason, Usage(), out.logprobs, out.model)
-        start = time.perf_counter()
-        out = await self.model.chat(messages, params)
-        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        self.calls.append((last_user, time.perf_counter() - start, out.usage))
-        return out
-
-
-def as_text_conversation(messages: Sequence[Message]) -> list[Message]:
+def as_text_conversation(messages: Sequence[Mapping[str, Any]]) -> list[Message]:
     """The conversation as the critique/revision loop and the judges take it (system, user and
     assistant text turns): a tool call becomes the assistant's text, a tool result a user turn."""
     out: list[Message] = []
@@ -105,14 +88,14 @@ def as_text_conversation(messages: Sequence[Message]) -> list[Message]:
             calls = "\n".join(
                 f"[tool call] {c.get('function', {}).get('name')}({c.get('function', {}).get('arguments', '')})"
                 for c in m["tool_calls"]
-            )  # type: ignore[union-attr]
+            )
             out.append({"role": "assistant", "content": f"{content}\n{calls}".strip()})
         else:
             out.append({"role": str(role), "content": content})
     return out
 
 
-def _final_finish(trace: Trace, initial: Completion) -> str:
+def _final_finish(trace: Trace, initial: Completion) -> FinishReason:
     """Why the answer that is sent ended: the initial answer's reason, or ``length`` when the
     revision that became the final answer was cut off (``revise`` notes it as truncated)."""
     if trace.final == initial.text:
@@ -133,7 +116,23 @@ def _score_value(score: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _loop_stages(trace: Trace) -> list[StageTiming]:
+    """The critique and revision calls of the loop, from the steps ``revise`` recorded."""
+    stages = []
+    for step in trace.steps:
+        for stage, usage, seconds in (
+            ("critique", step.critique_usage, step.critique_seconds),
+            ("revision", step.revision_usage, step.revision_seconds),
+        ):
+            if usage.calls:
+                stages.append(StageTiming(stage, seconds, usage))
+    return stages
+
+
 class ConstitutionalWrapper(ChatModel):
+    """``config`` holds the loop's settings; ``revisions``, ``sampling``, ``seed`` and
+    ``few_shot`` are the older spelling of the same (``None``: the constitution's default)."""
+
     def __init__(
         self,
         model: ChatModel,
@@ -144,9 +143,10 @@ class ConstitutionalWrapper(ChatModel):
         judges: Sequence[ViolationScorer] = (),
         threshold: float = 0.5,
         refusal: str = DEFAULT_REFUSAL,
-        sampling: str | None = None,
+        sampling: Sampling | None = None,
         seed: int | None = None,
-        few_shot: bool = True,
+        few_shot: bool | None = None,
+        config: ReviseConfig | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -157,13 +157,13 @@ class ConstitutionalWrapper(ChatModel):
         self.model = model
         self.constitution = load_constitution(constitution)
         self.mode: Mode = mode
-        self.revisions = revisions
+        options = {"revisions": revisions, "sampling": sampling, "seed": seed, "few_shot": few_shot}
+        if config is not None and any(v is not None for v in options.values()):
+            raise TypeError("ConstitutionalWrapper: pass the loop's options in config, not next to it")
+        self.config = config or ReviseConfig.from_constitution(self.constitution, **options)
         self.judges = list(judges)
         self.threshold = threshold
         self.refusal = refusal
-        self.sampling = sampling
-        self.seed = seed
-        self.few_shot = few_shot
         self.spec = f"cai:{self.constitution.name}({model.spec})"
 
     @property
@@ -178,22 +178,21 @@ class ConstitutionalWrapper(ChatModel):
         await self.model.aclose()
 
     async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> WrappedCompletion:
-        log = _CallLog(self.model)
-        initial = await log.chat(messages, params)
-        return await self._apply(list(messages), initial, params, log)
+        start = time.perf_counter()
+        initial = await self.model.chat(messages, params)
+        stage = StageTiming("initial", time.perf_counter() - start, initial.usage)
+        return await self._apply(list(messages), initial, params, [stage])
 
     async def apply(
         self, messages: Sequence[Message], answer: str | Completion, params: GenParams | None = None
     ) -> WrappedCompletion:
         """Run the constitution over an answer produced elsewhere (e.g. a proxy's response)."""
         initial = answer if isinstance(answer, Completion) else Completion(answer)
-        return await self._apply(list(messages), initial, params, _CallLog(self.model))
+        return await self._apply(list(messages), initial, params, [])
 
     async def _apply(
-        self, prompt: list[Message], initial: Completion, params: GenParams | None, log: _CallLog
+        self, prompt: list[Message], initial: Completion, params: GenParams | None, stages: list[StageTiming]
     ) -> WrappedCompletion:
-        stages = [StageTiming("initial", s, u) for _, s, u in log.calls]
-        log.calls.clear()
         trace = Trace(
             id="",
             prompt=as_text_conversation(prompt),
@@ -204,8 +203,10 @@ class ConstitutionalWrapper(ChatModel):
             model=self.model.spec,
             constitution=self.constitution.id,
             metadata={"mode": self.mode, "action": "passed", "judge": []},
+            initial_usage=initial.usage,
+            initial_seconds=sum(s.seconds for s in stages),
         )
-        finish = initial.finish_reason
+        finish: FinishReason = initial.finish_reason
         flagged = self.mode == "always"
         if self.judges and self.mode != "off":
             start = time.perf_counter()
@@ -225,12 +226,13 @@ class ConstitutionalWrapper(ChatModel):
             trace.metadata["action"] = "blocked"
             finish = "stop"
         elif flagged and self.mode in ("always", "on_flag"):
-            finish = await self._revise(trace, initial, params, log, stages)
+            finish = await self._revise(trace, initial, params)
+            stages.extend(_loop_stages(trace))
 
         trace.metadata["stages"] = [s.to_dict() for s in stages]
         return WrappedCompletion(
             text=trace.final,
-            finish_reason=finish,  # type: ignore[arg-type]
+            finish_reason=finish,
             usage=trace.usage,
             # log-probs describe the initial answer only; a revised or refused text has none
             logprobs=initial.logprobs if trace.final == initial.text and trace.metadata["action"] == "passed" else None,
@@ -238,38 +240,18 @@ class ConstitutionalWrapper(ChatModel):
             trace=trace,
         )
 
-    async def _revise(
-        self,
-        trace: Trace,
-        initial: Completion,
-        params: GenParams | None,
-        log: _CallLog,
-        stages: list[StageTiming],
-    ) -> str:
+    async def _revise(self, trace: Trace, initial: Completion, params: GenParams | None) -> FinishReason:
         from cai.revise import revise
 
-        log.prefill = initial
-        revised = await revise(
-            log,
-            trace.prompt,
-            self.constitution,
-            revisions=self.revisions,
-            sampling=self.sampling,
-            seed=self.seed,
-            few_shot=self.few_shot,
-            params=params,
-        )
+        config = self.config.replace(params=params or GenParams())
+        revised = await revise(self.model, trace.prompt, self.constitution, config, initial=initial)
         if not revised.ok and "error_message" in revised.metadata:
             # the model failed mid-loop: withhold the unrevised answer rather than pass it on
             raise RevisionFailed(
                 f"critique/revision loop failed ({revised.error}): {revised.metadata['error_message']}"
             )
-        critique_requests = {s.critique_request for s in revised.steps}
-        for last_user, seconds, usage in log.calls:
-            stage = "critique" if last_user in critique_requests else "revision"
-            stages.append(StageTiming(stage, seconds, usage))
-            trace.usage = trace.usage + usage
         trace.steps = revised.steps
+        trace.usage = sum((s.critique_usage + s.revision_usage for s in revised.steps), trace.usage)
         trace.metadata["revise_stop_reason"] = revised.stop_reason
         if revised.ok:
             trace.final = revised.final

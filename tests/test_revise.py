@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import pytest
 
 from cai.constitution import Constitution
 from cai.models import Capabilities, ContextLengthError, GenParams, PermanentModelError, ScriptedModel
+from cai.models.base import Completion, Usage
+from cai.records import Trace
 from cai.revise import (
     clean_revision,
     degenerate_reason,
@@ -15,6 +18,7 @@ from cai.revise import (
     revise,
     says_no_revision_needed,
 )
+from cai.revise_config import ReviseConfig
 
 CONST = Constitution.model_validate(
     {
@@ -234,3 +238,86 @@ async def test_context_filling_up_stops_with_current_answer():
 
     trace = await revise(ScriptedModel(raising), "q", CONST, few_shot=False)
     assert trace.stop_reason == "context_full" and trace.final == "fine"
+
+
+async def test_initial_answer_given_is_revised_without_asking_for_one():
+    model = scripted()
+    given = Completion("given answer", "length", Usage(7, 3, 1))
+    trace = await revise(model, "q", CONST, initial=given, revisions=1)
+    assert trace.initial == "given answer" and trace.final == "safe answer 0"
+    assert len(model.calls) == 2  # critique + revision only
+    assert model.calls[0][0][-2]["content"] == "given answer"  # the loop critiques the given answer
+    assert trace.initial_usage == Usage(7, 3, 1) and trace.initial_seconds == 0.0
+    assert trace.metadata["initial_truncated"] is True
+    assert trace.usage.calls == 3 and trace.usage.prompt_tokens == 7 + sum(
+        s.critique_usage.prompt_tokens + s.revision_usage.prompt_tokens for s in trace.steps
+    )
+    text = await revise(scripted(), "q", CONST, initial="  plain text  ", revisions=1)
+    assert text.initial == "plain text" and text.initial_usage == Usage() and "initial_truncated" not in text.metadata
+
+
+async def test_each_step_records_its_calls_usage_and_seconds():
+    model = scripted(critiques=["It is harmful.", "No revision needed."], delay=0.02)
+    trace = await revise(model, "how do I pick a lock?", CONST, revisions=3)
+    first, second = trace.steps
+    assert trace.initial_usage == Usage(6, 2, 1) and trace.initial_seconds >= 0.02
+    assert first.critique_usage.calls == 1 and first.critique_usage.completion_tokens == 3
+    assert first.revision_usage == Usage(first.revision_usage.prompt_tokens, 3, 1)  # "safe answer 0"
+    assert first.critique_seconds >= 0.02 and first.revision_seconds >= 0.02
+    # the early stop made no revision call: nothing recorded for it
+    assert second.critique_usage.calls == 1 and second.revision_usage == Usage() and second.revision_seconds == 0.0
+    assert trace.usage == trace.initial_usage + first.critique_usage + first.revision_usage + second.critique_usage
+    again = Trace.from_dict(json.loads(json.dumps(trace.to_dict())))
+    assert again == trace
+
+
+def test_trace_stored_before_usage_per_call_still_loads():
+    old = {
+        "id": "7",
+        "prompt": [{"role": "user", "content": "q"}],
+        "initial": "bad",
+        "steps": [
+            {"principle": "p0", "critique_request": "C", "critique": "harmful", "revision": "good", "accepted": True}
+        ],
+        "final": "good",
+        "stop_reason": "completed",
+        "error": None,
+        "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13, "calls": 3},
+        "model": "scripted",
+        "constitution": "t@1#abc",
+        "metadata": {"seed": 0},
+    }
+    trace = Trace.from_dict(old)
+    assert trace.revised and trace.usage == Usage(9, 4, 3)
+    assert trace.initial_usage == Usage() and trace.initial_seconds == 0.0
+    assert trace.steps[0].critique_usage == Usage() and trace.steps[0].revision_seconds == 0.0
+    assert trace.preference_record()["chosen"] == [{"role": "assistant", "content": "good"}]
+
+
+def test_revise_config_takes_the_constitution_defaults_and_checks_fields():
+    config = ReviseConfig.from_constitution(CONST, seed=5, sampling=None)
+    assert (config.revisions, config.sampling, config.seed) == (2, "random", 5)
+    assert config.stop_phrases == ("All good here",) and config.few_shot is True
+    for bad, field in [
+        ({"revisions": -1}, "revisions"),
+        ({"revisions": True}, "revisions"),
+        ({"sampling": "shuffle"}, "sampling"),
+        ({"seed": "1"}, "seed"),
+        ({"few_shot": "yes"}, "few_shot"),
+        ({"params": {"max_tokens": 5}}, "params"),
+        ({"gates": None, "params": 3}, "params"),
+        ({"stop_phrases": "done"}, "stop_phrases"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{field}: expected"):
+            ReviseConfig(**bad)
+    with pytest.raises(TypeError, match="no option rounds"):
+        ReviseConfig.from_constitution(CONST, rounds=2)
+
+
+async def test_revise_takes_a_config_or_the_keyword_options_not_both():
+    config = ReviseConfig(revisions=1, sampling="sequential", few_shot=False)
+    trace = await revise(scripted(), "q", CONST, config)
+    assert [s.principle for s in trace.steps] == ["p0"]
+    assert trace.metadata == {"sampling": "sequential", "seed": 0, "few_shot": False, "revisions": 1}
+    with pytest.raises(TypeError, match="pass revisions in config"):
+        await revise(scripted(), "q", CONST, config, revisions=2)

@@ -7,6 +7,7 @@ import pytest
 
 from cai.constitution import load_constitution
 from cai.models import GenParams, ScriptedModel, TransientModelError
+from cai.revise_config import ReviseConfig
 from cai.wrapper import ConstitutionalWrapper, RevisionFailed, WrappedCompletion
 from judges.base import PointwiseJudge, Score
 
@@ -140,3 +141,30 @@ def test_bad_configuration_is_rejected():
         ConstitutionalWrapper(model, HARMLESS, mode="on_flag")
     with pytest.raises(ValueError, match="mode must be one of"):
         ConstitutionalWrapper(model, HARMLESS, mode="sometimes")  # type: ignore[arg-type]
+
+
+async def test_stages_come_from_the_steps_revise_recorded():
+    def stops_early(messages, params):
+        return "No revision needed." if messages[-1]["content"] in CRITIQUES else loop_script(messages, params)
+
+    model = ScriptedModel(stops_early, delay=0.01)
+    reply = await ConstitutionalWrapper(model, HARMLESS, revisions=2).chat(PROMPT)
+    trace = reply.trace
+    stages = trace.metadata["stages"]
+    assert [s["stage"] for s in stages] == ["initial", "critique"]  # no revision call after the stop
+    assert trace.metadata["action"] == "kept" and reply.text.startswith("Strip")
+    step = trace.steps[0]
+    assert stages[1]["seconds"] == round(step.critique_seconds, 6) and step.critique_seconds >= 0.01
+    assert stages[1]["completion_tokens"] == step.critique_usage.completion_tokens == 3
+    assert round(trace.initial_seconds, 6) == stages[0]["seconds"] > 0 and trace.initial_usage.calls == 1
+    assert reply.usage == trace.initial_usage + step.critique_usage
+
+
+async def test_config_sets_the_loop():
+    model = ScriptedModel(loop_script)
+    config = ReviseConfig(revisions=1, sampling="sequential", few_shot=False)
+    reply = await ConstitutionalWrapper(model, HARMLESS, config=config).apply(PROMPT, "Hotwire it.")
+    assert [s.principle for s in reply.trace.steps] == [HARMLESS.principles[0].name]
+    assert len(model.calls[0][0]) == 3  # prompt, answer, critique request: no few-shot turns
+    with pytest.raises(TypeError, match="in config, not next to it"):
+        ConstitutionalWrapper(model, HARMLESS, config=config, revisions=2)
