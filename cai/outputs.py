@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from cai import records
 from cai.records import Trace
 from cai.runner import OutputWriter
 from cai.store import RunStore
@@ -32,47 +34,48 @@ ExportFormat = Literal["hf", "parquet"]
 CARD_FIELDS = ("model", "constitution", "constitution_name", "revisions", "sampling", "seed", "few_shot", "params")
 
 
-def _sft(record: dict[str, Any]) -> list[dict[str, Any]]:
-    return [Trace.from_dict(record).sft_record()]
-
-
 def pair_kept(trace: Trace) -> bool:
     """The sample makes a preference row: it was revised and, if a judge verified it, kept."""
-    verdict = trace.metadata.get("verify")
-    return trace.revised and (verdict is None or bool(verdict.get("kept")))
+    return trace.pair_kept
 
 
 def preference_row(trace: Trace) -> dict[str, Any] | None:
     """The trace's preference row (None when it makes none), with the judge's scores if any."""
-    if not pair_kept(trace):
+    if not trace.pair_kept:
         return None
-    pair = trace.preference_record()
-    verdict = trace.metadata.get("verify")
-    if pair is not None and verdict is not None:
-        pair.update({k: verdict.get(k) for k in ("score_chosen", "score_rejected", "margin", "consistent")})
-    return pair
+    return records.preference_row(trace.prompt, trace.final, trace.initial, scores=trace.verdict)
 
 
-def _preference(record: dict[str, Any]) -> list[dict[str, Any]]:
-    pair = preference_row(Trace.from_dict(record))
-    return [pair] if pair else []
+def rejected_pair(trace: Trace) -> dict[str, Any] | None:
+    """A revised pair the judge did not keep, with its verdict (None for any other trace)."""
+    if not trace.revised or trace.pair_kept or trace.verdict is None:
+        return None
+    verdict = {k: v for k, v in trace.verdict.items() if k != "details"}
+    return records.preference_row(trace.prompt, trace.final, trace.initial, id=trace.id) | {"verdict": verdict}
 
 
-def _rejected_pair(record: dict[str, Any]) -> list[dict[str, Any]]:
-    trace = Trace.from_dict(record)
-    if not trace.revised or pair_kept(trace):
-        return []
-    verdict = {k: v for k, v in trace.metadata["verify"].items() if k != "details"}
-    return [{"id": trace.id, **(trace.preference_record() or {}), "verdict": verdict}]
+def trace_rows(trace: Trace) -> dict[str, list[dict[str, Any]]]:
+    """The rows one done sample adds to the SFT, preference and rejected-pair files."""
+    optional = {PREFERENCES: preference_row(trace), REJECTED_PAIRS: rejected_pair(trace)}
+    return {SFT: [trace.sft_record()], **{name: [row] if row else [] for name, row in optional.items()}}
 
 
 def generate_writers(verify: bool = False) -> list[OutputWriter]:
-    writers = [
-        OutputWriter(TRACES, lambda record: [record]),
-        OutputWriter(SFT, _sft),
-        OutputWriter(PREFERENCES, _preference),
-    ]
-    return writers + [OutputWriter(REJECTED_PAIRS, _rejected_pair)] if verify else writers
+    """The run files of ``cai generate``. A sample's record becomes a Trace once; every writer
+    reads its rows from that one conversion (the runner hands the writers the same record
+    object, one after the other)."""
+    last: dict[str, Any] = {"record": None}
+
+    def lines(name: str) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+        def rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+            if last["record"] is not record:
+                last.update(record=record, rows=trace_rows(Trace.from_dict(record)))
+            return list(last["rows"][name])
+
+        return rows
+
+    names = [SFT, PREFERENCES, *([REJECTED_PAIRS] if verify else [])]
+    return [OutputWriter(TRACES, lambda record: [record]), *(OutputWriter(name, lines(name)) for name in names)]
 
 
 def run_counts(store: RunStore) -> dict[str, int]:
@@ -215,8 +218,9 @@ def export_run(
     with RunStore(run_dir, read_only=True) as store:
         traces = [Trace.from_dict(r.record or {}) for r in store.samples("done")]
         config, counts = store.config, run_counts(store)
-    sft = [t.sft_record() for t in traces]
-    prefs = [p for p in (t.preference_record() for t in traces) if p]
+    rows = [trace_rows(t) for t in traces]
+    sft = [row for r in rows for row in r[SFT]]
+    prefs = [row for r in rows for row in r[PREFERENCES]]
     to.mkdir(parents=True, exist_ok=True)
     for name, rows in (("sft", sft), ("preferences", prefs)):
         ds = Dataset.from_list(rows) if rows else Dataset.from_dict({k: [] for k in _empty_columns(name)})

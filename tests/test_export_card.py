@@ -3,6 +3,7 @@ categories, pretty name, and a default config so `datasets.load_dataset(folder)`
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -12,7 +13,10 @@ from typer.testing import CliRunner
 import cai
 from cai.cli import app
 from cai.models import ScriptedModel
+from judges.base import PointwiseJudge, Score
 from tests.paths import ROOT
+from tests.quality_runs import REVISED as REVISED_BY_PROMPT
+from tests.quality_runs import scripted_run
 
 REVISED = "I can't help with that, but here is a safe alternative."
 
@@ -72,3 +76,27 @@ def test_license_and_name_flags_override(run, tmp_path):
     assert result.exit_code == 0, result.output
     meta = card_meta(to)
     assert meta["license"] == "cc-by-4.0" and meta["pretty_name"] == "My harmless data"
+
+
+class _LengthJudge(PointwiseJudge):
+    """Scores a response by its length, except that the "second" prompt's revision loses."""
+
+    name = "length"
+
+    async def score(self, prompt, response):
+        return Score(0.0 if response == REVISED_BY_PROMPT["second"] else float(len(response)))
+
+
+async def test_export_holds_the_same_pairs_as_preferences_jsonl(tmp_path):
+    from datasets import load_from_disk
+
+    from cai.outputs import export_run
+
+    await scripted_run(tmp_path / "run", verify=_LengthJudge(), min_margin=0.0)
+    kept = [json.loads(line) for line in (tmp_path / "run" / "preferences.jsonl").read_text().splitlines()]
+    rejected = (tmp_path / "run" / "rejected_pairs.jsonl").read_text().splitlines()
+    assert len(kept) == 1 and len(rejected) == 1  # "good" kept, "second" judged worse than its initial answer
+    counts = export_run(tmp_path / "run", tmp_path / "out")
+    prefs = load_from_disk(str(tmp_path / "out" / "preferences")).to_list()
+    assert counts["preferences"] == 1 and prefs == kept  # with the judge's scores, not the dropped pair
+    assert prefs[0]["margin"] > 0 and prefs[0]["score_chosen"] > prefs[0]["score_rejected"]
