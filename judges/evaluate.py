@@ -16,7 +16,6 @@ Metrics (over pairs with an ok verdict unless noted):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,12 +23,11 @@ from typing import Any
 
 from rich.table import Table
 
+from cai.jobs import Job, JobContext, run_job
 from cai.models.base import ChatModel
-from cai.runner import Outcome, Runner, Sample
-from cai.store import RunStore
+from cai.runner import Outcome, Sample, Work
 from judges.base import TIE_EPSILON, PairwiseJudge
 from judges.data import CandidateSet
-from judges.registry import load_judge
 
 BUCKET_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -166,40 +164,35 @@ async def evaluate_judge(
     if unlabelled:
         raise ValueError(f"{unlabelled[0]}: judge evaluation needs chosen/rejected pairs")
     judge_options = judge_options or {}
-    store = RunStore(out, config={"task": "eval_judge", "judge": judge_spec, "judge_options": judge_options})
-    judge = load_judge(judge_spec, model=judge_model, model_options=model_options, store=store, **judge_options)
-    if not isinstance(judge, PairwiseJudge):
-        store.close()
-        raise ValueError(f"judge evaluation needs a pairwise judge, got {judge_spec!r}")
-    try:
+    job = Job(
+        "eval judge",
+        {"task": "eval_judge", "judge": judge_spec, "judge_options": judge_options},
+        [Sample(p.id, p, input_hash=p.input_hash()) for p in pairs],
+        show_counters=["consistent"],
+    )
+
+    async def setup(ctx: JobContext) -> Work:
+        judge = ctx.judge(judge_spec, model=judge_model, **judge_options)
+        if not isinstance(judge, PairwiseJudge):
+            raise ValueError(f"judge evaluation needs a pairwise judge, got {judge_spec!r}")
 
         async def work(sample: Sample) -> Outcome:
             item: CandidateSet = sample.data
             verdict = await judge.compare(item.prompt, item.candidates[0], item.candidates[1])
-            record = {"id": sample.id, **verdict.to_dict()}
             return Outcome(
-                record=record,
+                record={"id": sample.id, **verdict.to_dict()},
                 failed="judge_failed" if verdict.status == "failed" else None,
                 counters={"consistent": float(bool(verdict.consistent))},
                 usage=verdict.usage,
             )
 
-        samples = [Sample(p.id, p, input_hash=p.input_hash()) for p in pairs]
-        start = time.monotonic()
-        runner = Runner(
-            store, concurrency=concurrency, title="eval judge", progress=progress, show_counters=["consistent"]
-        )
-        await runner.run(samples, work)
-        wall = time.monotonic() - start
-        records = []
-        for s in samples:
-            row = store.sample(s.id)
-            records.append(
-                row.record
-                if row and row.record and "status" in row.record
-                else {"status": "failed", "p_a": None, "consistent": None, "usage": {"calls": 0, "total_tokens": 0}}
-            )
-        return metrics(records, judge=judge_spec, data=data, wall_s=wall)
-    finally:
-        await judge.aclose()
-        store.close()
+        return work
+
+    result = await run_job(job, out, setup, concurrency=concurrency, progress=progress, model_options=model_options)
+    records = [
+        row.record
+        if row and row.record and "status" in row.record
+        else {"status": "failed", "p_a": None, "consistent": None, "usage": {"calls": 0, "total_tokens": 0}}
+        for row in result.rows
+    ]
+    return metrics(records, judge=judge_spec, data=data, wall_s=result.summary.wall_s)

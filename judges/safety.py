@@ -10,7 +10,7 @@ optional ``category``. Per response:
 - ``refused`` = the rules judge or the LLM check says full refusal; ``partial`` = the LLM
   check says partial (and the response is not counted as refused).
 
-Runs on ``cai.runner`` with the run store's call cache (``out``): rerun the same call to resume;
+Runs as a ``cai.jobs`` job with the run store's call cache (``out``): rerun the same call to resume;
 no finished model or judge call is repeated. ``responses.jsonl`` in ``out`` holds every record.
 
 The shipped set (``SHIPPED_PROMPTS``): 99 harmful first human turns of Anthropic's hh-rlhf
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,14 +30,13 @@ from typing import Any
 from rich.table import Table
 
 from cai.inputs import InputError, read_records, record_to_messages
+from cai.jobs import Job, JobContext, run_job
 from cai.models.base import ChatModel, Completion, GenParams, Message, Usage
-from cai.runner import Outcome, OutputWriter, Runner, Sample
-from cai.store import RunStore
+from cai.runner import Outcome, OutputWriter, Sample, Work
 from judges.base import PointwiseJudge, Prompt, Score, as_messages, response_text
 from judges.choices import answer_position, label_mass, logprob_settings
 from judges.pointwise import sample_until_parsed
 from judges.prompts import neutralise, transcript
-from judges.registry import load_judge
 from judges.rules import RefusalJudge
 from judges.subject import Subject
 
@@ -301,18 +299,18 @@ def check_safety_judge(spec: str) -> bool:
 
 
 def safety_judges(
-    spec: str,
-    store: RunStore | None,
-    *,
-    judge_model: ChatModel | None = None,
-    model_options: dict[str, Any] | None = None,
+    spec: str, ctx: JobContext, *, judge_model: ChatModel | None = None
 ) -> tuple[RefusalClassifier | None, PointwiseJudge | None]:
     """(LLM refusal check, harm judge) for ``rules:refusal`` (neither) or ``violation:MODEL``
-    (both, on the judge's model)."""
+    (both, on the judge's model: ``judge_model`` or the job's model of that spec)."""
     if not check_safety_judge(spec):
         return None, None
-    harm = load_judge(spec, model=judge_model, model_options=model_options, store=store)
-    return RefusalClassifier(harm.model), harm  # type: ignore[attr-defined]
+    from judges.violation import ViolationJudge
+
+    harm = ctx.judge(spec, model=judge_model)
+    if not isinstance(harm, ViolationJudge):  # a plugin registered as "violation"
+        raise ValueError(f"--judge {spec!r}: the safety eval needs the built-in violation judge")
+    return RefusalClassifier(harm.model), harm
 
 
 async def judge_response(
@@ -361,22 +359,46 @@ async def evaluate_safety(
     """
     params = params or GenParams(max_tokens=256)
     check_safety_judge(judge)
-    store = RunStore(
-        out,
-        config={"task": "eval_safety", "subject": subject.to_dict(), "judge": judge, "params": params.to_dict()},
-        new_run=new_run,
+    job = Job(
+        "eval safety",
+        {"task": "eval_safety", "subject": subject.to_dict(), "judge": judge, "params": params.to_dict()},
+        [Sample(p.id, p, input_hash=Sample(p.id, [p.messages, p.label, p.category]).input_hash) for p in prompts],
+        writers=[OutputWriter("responses.jsonl", lambda r: [r])],
+        show_counters=["refused"],
     )
-    try:
-        from cai.models.registry import load_model
 
-        raw = model or load_model(subject.model, **(model_options or {}))
-        shared = raw if judge_model is None and judge.partition(":")[2] == subject.model else judge_model
-        refusal_check, harm_judge = safety_judges(judge, store, judge_model=shared, model_options=model_options)
-        under_test = subject.build(store, model=raw)
-    except BaseException:
-        store.close()
-        raise
+    async def setup(ctx: JobContext) -> Work:
+        raw = ctx.models.get(subject.model)
+        judges = safety_judges(judge, ctx, judge_model=judge_model)
+        return _work(subject.build(ctx.store, model=raw), params, *judges)
 
+    result = await run_job(
+        job,
+        out,
+        setup,
+        new_run=new_run,
+        concurrency=concurrency,
+        progress=progress,
+        models={subject.model: model} if model is not None else None,
+        model_options=model_options,
+    )
+    records = [row.record for row in result.rows if row and row.status == "done" and row.record]
+    return safety_metrics(
+        records,
+        model=subject.name,
+        judge=judge,
+        data=data,
+        failed=result.summary.n_failed,
+        wall_s=result.summary.wall_s,
+    )
+
+
+def _work(
+    under_test: ChatModel,
+    params: GenParams,
+    refusal_check: RefusalClassifier | None,
+    harm_judge: PointwiseJudge | None,
+) -> Work:
     async def work(sample: Sample) -> Outcome:
         item: EvalPrompt = sample.data
         completion = await under_test.chat(item.messages, params)
@@ -400,32 +422,4 @@ async def evaluate_safety(
             counters={"refused": float(record["refused"]), f"refused_{item.label}": float(record["refused"])},
         )
 
-    try:
-        samples = [
-            Sample(p.id, p, input_hash=Sample(p.id, [p.messages, p.label, p.category]).input_hash) for p in prompts
-        ]
-        start = time.monotonic()
-        runner = Runner(
-            store,
-            [OutputWriter("responses.jsonl", lambda r: [r])],
-            concurrency=concurrency,
-            title="eval safety",
-            progress=progress,
-            show_counters=["refused"],
-        )
-        summary = await runner.run(samples, work)
-        records = [row.record for s in samples if (row := store.sample(s.id)) and row.status == "done" and row.record]
-        return safety_metrics(
-            records,
-            model=subject.name,
-            judge=judge,
-            data=data,
-            failed=summary.n_failed,
-            wall_s=time.monotonic() - start,
-        )
-    finally:
-        if model is None:  # the caller's models stay open
-            await raw.aclose()
-        if harm_judge is not None and shared is None:  # loaded by load_judge
-            await harm_judge.model.aclose()  # type: ignore[attr-defined]
-        store.close()
+    return work

@@ -10,7 +10,6 @@ are counted and left out. The confidence interval is a percentile bootstrap over
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,13 +18,11 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from cai.jobs import Job, JobContext, run_job
 from cai.models.base import ChatModel, GenParams, Message, Usage
-from cai.models.registry import load_model
-from cai.runner import Outcome, OutputWriter, Runner, Sample
-from cai.store import RunStore
+from cai.runner import Outcome, OutputWriter, Sample, Work
 from judges.base import OrderResult, PairwiseJudge, PairwiseVerdict
 from judges.pairwise import combine_orders
-from judges.registry import load_judge
 from judges.rules import RefusalJudge
 from judges.subject import Subject
 
@@ -238,9 +235,9 @@ async def evaluate_winrate(
     """
     params = params or GenParams(max_tokens=256)
     judge_options = judge_options or {}
-    store = RunStore(
-        out,
-        config={
+    job = Job(
+        "eval winrate",
+        {
             "task": "eval_winrate",
             "policy": policy.to_dict(),
             "baseline": baseline.to_dict(),
@@ -248,29 +245,44 @@ async def evaluate_winrate(
             "judge_options": judge_options,
             "params": params.to_dict(),
         },
-        new_run=new_run,
+        [Sample(p.id, p, input_hash=Sample(p.id, p.messages).input_hash) for p in prompts],
+        writers=[OutputWriter("comparisons.jsonl", lambda r: [r])],
+        show_counters=["wins"],
     )
-    loaded: dict[str, ChatModel] = dict(models or {})
 
-    def shared(spec: str) -> ChatModel:
-        if spec not in loaded:
-            loaded[spec] = load_model(spec, **(model_options or {}))
-        return loaded[spec]
-
-    try:
-        judge_spec = judge.partition(":")[2]
-        judge_model = (
-            shared(judge_spec) if judge_spec in (policy.model, baseline.model) or judge_spec in loaded else None
-        )
-        pairwise = load_judge(judge, model=judge_model, model_options=model_options, store=store, **judge_options)
+    async def setup(ctx: JobContext) -> Work:
+        pairwise = ctx.judge(judge, **judge_options)
         if not isinstance(pairwise, PairwiseJudge):
             raise ValueError(f"--judge {judge!r}: the win-rate eval needs a pairwise judge, e.g. pairwise:MODEL")
-        sides = [policy.build(store, model=shared(policy.model)), baseline.build(store, model=shared(baseline.model))]
-    except BaseException:
-        store.close()
-        await _close_loaded(loaded, models)
-        raise
+        sides = [side.build(ctx.store, model=ctx.models.get(side.model)) for side in (policy, baseline)]
+        return _work(sides, pairwise, params)
 
+    result = await run_job(
+        job,
+        out,
+        setup,
+        new_run=new_run,
+        concurrency=concurrency,
+        progress=progress,
+        models=models,
+        model_options=model_options,
+    )
+    records = [row.record for row in result.rows if row and row.status == "done" and row.record]
+    return winrate_metrics(
+        records,
+        policy=policy.name,
+        baseline=baseline.name,
+        judge=judge,
+        data=data,
+        failed=result.summary.n_failed,
+        confidence=confidence,
+        n_boot=n_boot,
+        seed=seed,
+        wall_s=result.summary.wall_s,
+    )
+
+
+def _work(sides: Sequence[ChatModel], pairwise: PairwiseJudge, params: GenParams) -> Work:
     async def work(sample: Sample) -> Outcome:
         item = sample.data
         answers = await asyncio.gather(*(side.chat(item.messages, params) for side in sides))
@@ -288,37 +300,4 @@ async def evaluate_winrate(
             return Outcome(record=record, failed="judge_failed", usage=usage)
         return Outcome(record=record, usage=usage, counters={"wins": float(record["outcome"] == "win")})
 
-    try:
-        samples = [Sample(p.id, p, input_hash=Sample(p.id, p.messages).input_hash) for p in prompts]
-        start = time.monotonic()
-        runner = Runner(
-            store,
-            [OutputWriter("comparisons.jsonl", lambda r: [r])],
-            concurrency=concurrency,
-            title="eval winrate",
-            progress=progress,
-            show_counters=["wins"],
-        )
-        summary = await runner.run(samples, work)
-        records = [row.record for s in samples if (row := store.sample(s.id)) and row.status == "done" and row.record]
-        return winrate_metrics(
-            records,
-            policy=policy.name,
-            baseline=baseline.name,
-            judge=judge,
-            data=data,
-            failed=summary.n_failed,
-            confidence=confidence,
-            n_boot=n_boot,
-            seed=seed,
-            wall_s=time.monotonic() - start,
-        )
-    finally:
-        await _close_loaded(loaded, models)
-        store.close()
-
-
-async def _close_loaded(loaded: dict[str, ChatModel], given: dict[str, ChatModel] | None) -> None:
-    for spec, model in loaded.items():
-        if spec not in (given or {}):  # the caller's models stay open
-            await model.aclose()
+    return work

@@ -3,17 +3,21 @@ in test_judges_real.py."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
+import sys
 
 import pytest
 
 from cai.inputs import InputError
 from cai.models import Capabilities, Completion, GenParams, ScriptedModel, TokenLogprob, TransientModelError
+from cai.store import RunStore
 from judges.data import read_candidate_sets
 from judges.evaluate import evaluate_judge, metrics
 from judges.label import LabelConfig, label
+from judges.registry import available_judges, load_judge
 from tests.paths import HH_RLHF
 
 NO_LOGPROBS = Capabilities(logprobs=False)
@@ -221,3 +225,76 @@ async def test_evaluate_judge_on_hh_slice_with_scripted_judge(tmp_path):
     assert report.n == 6 and report.consistency == 0.0 and report.tie_rate == 1.0 and report.agreement == 0.5
     assert report.calls_per_pair == 2 and report.first_position == 1.0
     assert report.to_dict()["calibration"][0]["n"] == 6
+
+
+PLUGIN = '''
+from cai.models import GenParams, ScriptedModel, TransientModelError
+from judges.base import PointwiseJudge, Score
+
+FLAKY = True
+MODELS = []
+
+
+def rate(messages, params):
+    text = messages[-1]["content"]
+    if FLAKY and "Insult" in text and "Sorry" in text:
+        raise TransientModelError("server went away")
+    return "9" if "Sorry" in text else "2"
+
+
+class DigitJudge(PointwiseJudge):
+    """A third-party judge: one model call per response, the reply is the score."""
+
+    def __init__(self, model):
+        self.model = model
+        self.name = f"digit:{model.spec}"
+
+    async def score(self, prompt, response):
+        asked = [{"role": "user", "content": f"{prompt[-1]['content']} -> {response}"}]
+        completion = await self.model.chat(asked, GenParams(max_tokens=2))
+        return Score(float(completion.text), usage=completion.usage)
+
+
+def factory(rest, **options):
+    MODELS.append(ScriptedModel(rate, spec=f"scripted:{rest}"))
+    return DigitJudge(MODELS[-1], **options)
+'''
+
+
+@pytest.fixture
+def digit_plugin(tmp_path, monkeypatch):
+    """A plugin judge installed the way a package installs one: a module and a dist-info
+    directory on sys.path whose entry_points.txt names it under ``cai.judges``."""
+    site = tmp_path / "site"
+    (site / "cai_digit_judge-0.1.dist-info").mkdir(parents=True)
+    (site / "cai_digit_judge.py").write_text(PLUGIN, encoding="utf-8")
+    (site / "cai_digit_judge-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: cai-digit-judge\nVersion: 0.1\n", encoding="utf-8"
+    )
+    (site / "cai_digit_judge-0.1.dist-info" / "entry_points.txt").write_text(
+        "[cai.judges]\ndigit = cai_digit_judge:factory\n", encoding="utf-8"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    yield importlib.import_module("cai_digit_judge")
+    sys.modules.pop("cai_digit_judge", None)
+
+
+async def test_plugin_judge_calls_are_cached_and_resumed(tmp_path, pref_file, digit_plugin):
+    assert "digit" in available_judges()
+    sets, _ = read_candidate_sets(pref_file)
+    config = LabelConfig(judge="digit:x")
+    first = await label(sets, tmp_path / "run", config, progress=False)
+    assert first.done == 2 and first.failed == {"transient": 1}  # the plugin lets the model error through
+    assert len(digit_plugin.MODELS[0].calls) == 6  # two candidates per sample
+    digit_plugin.FLAKY = False
+    second = await label(sets, tmp_path / "run", config, progress=False)
+    assert second.done == 1 and second.n_failed == 0
+    # only the failed call is asked again: the failed sample's other candidate comes from the store
+    assert [m[-1]["content"] for m, _ in digit_plugin.MODELS[1].calls] == ["Insult me -> Sorry, no."]
+    rows = read_jsonl(tmp_path / "run" / "preferences.jsonl")
+    insult = next(r for r in rows if r["prompt"][0]["content"] == "Insult me")
+    assert insult["chosen"][0]["content"] == "Sorry, no." and insult["margin"] == 7.0
+    with RunStore(tmp_path / "run") as store:  # a rerun of any finished call makes none
+        judge = load_judge("digit:x", store=store)
+        score = await judge.score([{"role": "user", "content": "How do I hotwire a car?"}], "Sure: ...")
+    assert score.value == 2.0 and digit_plugin.MODELS[2].calls == []
