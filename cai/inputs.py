@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cai.models.base import Message
+from cai.records import check_messages
 
 OnBadLine = Literal["skip", "abort"]
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant|H|A):[ \t]?")
@@ -66,19 +67,26 @@ def up_to_last_user(messages: list[Message]) -> list[Message]:
     return []
 
 
-def _check_messages(value: Any, name: str) -> list[Message]:
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{name}: expected a non-empty list of messages")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-            raise ValueError(f"{name}[{i}]: expected {{'role': system|user|assistant, 'content': str}}")
-        if not isinstance(m.get("content"), str):
-            raise ValueError(f"{name}[{i}].content: expected a string")
-        out.append({"role": m["role"], "content": m["content"]})
-    if out[-1]["role"] != "user":
-        raise ValueError(f"{name}: the conversation must end with a user turn")
-    return out
+def conversation(value: Any, name: str) -> list[Message]:
+    """A full conversation given as an hh-rlhf transcript or a list of messages."""
+    if isinstance(value, str):
+        if not is_transcript(value):
+            raise ValueError(f"{name}: expected a Human:/Assistant: transcript when there is no 'prompt' field")
+        return parse_transcript(value)
+    if isinstance(value, list):
+        return check_messages(value, name)
+    raise ValueError(f"{name}: expected a transcript string or a list of messages")
+
+
+def split_pair(chosen: list[Message], rejected: list[Message]) -> tuple[list[Message], list[Message], list[Message]]:
+    """An hh-rlhf style pair (two conversations that share every turn up to the last user
+    turn) -> (prompt, chosen reply turns, rejected reply turns). ValueError naming the field."""
+    prompt = up_to_last_user(chosen)
+    if not prompt:
+        raise ValueError("chosen: no Human/user turn")
+    if up_to_last_user(rejected) != prompt:
+        raise ValueError("rejected: its conversation differs from chosen before the last answer")
+    return prompt, chosen[len(prompt) :], rejected[len(prompt) :]
 
 
 def record_to_messages(record: Any, prompt_field: str = "prompt", messages_field: str = "messages") -> list[Message]:
@@ -86,13 +94,15 @@ def record_to_messages(record: Any, prompt_field: str = "prompt", messages_field
     if not isinstance(record, dict):
         raise ValueError(f"expected an object, got {type(record).__name__}")
     if record.get(messages_field) is not None:
-        return _check_messages(record[messages_field], messages_field)
+        return check_messages(record[messages_field], messages_field, last_role="user")
     for name, preference in ((prompt_field, False), ("chosen", True)):
         value = record.get(name)
         if value is None:
             continue
         if isinstance(value, list):  # a conversational prompt under the prompt field
-            return _check_messages(up_to_last_user(value) if preference else value, name)
+            if preference:  # a full conversation: the prompt is everything up to the last user turn
+                value = up_to_last_user(check_messages(value, name)) or value
+            return check_messages(value, name, last_role="user")
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{name}: expected a non-empty string")
         if is_transcript(value):

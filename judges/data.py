@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cai.inputs import InputError, is_transcript, parse_transcript, read_records, record_to_messages, up_to_last_user
+from cai.inputs import InputError, conversation, read_records, record_to_messages, split_pair
 from cai.models.base import Message
 from judges.base import response_text
 
@@ -40,26 +40,12 @@ class CandidateSet:
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
-def _conversation(value: Any, name: str) -> list[Message]:
-    if isinstance(value, str):
-        if not is_transcript(value):
-            raise ValueError(f"{name}: expected a Human:/Assistant: transcript when there is no 'prompt' field")
-        return parse_transcript(value)
-    if isinstance(value, list) and all(isinstance(m, dict) and "role" in m for m in value):
-        return [{"role": m["role"], "content": str(m.get("content", ""))} for m in value]
-    raise ValueError(f"{name}: expected a transcript string or a list of messages")
-
-
 def _split_pair(record: dict[str, Any]) -> tuple[list[Message], list[str]]:
     """(prompt, [chosen, rejected]) from full conversations sharing all but the last answer."""
-    chosen = _conversation(record["chosen"], "chosen")
-    rejected = _conversation(record["rejected"], "rejected")
-    prompt = up_to_last_user(chosen)
-    if not prompt:
-        raise ValueError("chosen: no Human/user turn")
-    if up_to_last_user(rejected) != prompt:
-        raise ValueError("rejected: its conversation differs from chosen before the last answer")
-    return prompt, [response_text(chosen[len(prompt) :]), response_text(rejected[len(prompt) :])]
+    prompt, chosen, rejected = split_pair(
+        conversation(record["chosen"], "chosen"), conversation(record["rejected"], "rejected")
+    )
+    return prompt, [response_text(chosen), response_text(rejected)]
 
 
 def record_candidates(record: Any) -> tuple[list[Message], list[str], bool]:

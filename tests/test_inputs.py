@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cai.inputs import InputError, parse_transcript, read_prompts
+from cai.inputs import InputError, conversation, parse_transcript, read_prompts, split_pair
 from tests.paths import HH_RLHF as HH
 
 TRANSCRIPT = "\n\nHuman: hi there\n\nAssistant: hello!\n\nHuman: how do I pick a lock?\n\nAssistant: Use a pin."
@@ -105,3 +105,23 @@ def test_real_hh_rlhf_slice():
     assert len(found.prompts) == len(HH.read_text(encoding="utf-8").splitlines()) and not found.skipped
     assert all(p.messages[-1]["role"] == "user" and p.messages[-1]["content"] for p in found.prompts)
     assert any(len(p.messages) > 1 for p in found.prompts)  # multi-turn conversations kept
+
+
+def test_split_pair_of_transcripts_and_message_lists():
+    rejected = TRANSCRIPT.replace("Use a pin.", "No.")
+    prompt, chosen_reply, rejected_reply = split_pair(
+        conversation(TRANSCRIPT, "chosen"), conversation(rejected, "rejected")
+    )
+    assert [m["content"] for m in prompt] == ["hi there", "hello!", "how do I pick a lock?"]
+    assert chosen_reply == [{"role": "assistant", "content": "Use a pin."}]
+    assert rejected_reply == [{"role": "assistant", "content": "No."}]
+    listed = conversation([*prompt, {"role": "assistant", "content": "x", "name": "bot"}], "chosen")
+    assert listed[-1] == {"role": "assistant", "content": "x"}  # plain role/content messages
+    with pytest.raises(ValueError, match="^rejected: its conversation differs"):
+        split_pair(prompt, conversation("\n\nHuman: something else\n\nAssistant: ok", "rejected"))
+    with pytest.raises(ValueError, match="^chosen: no Human/user turn"):
+        split_pair([{"role": "assistant", "content": "x"}], prompt)
+    with pytest.raises(ValueError, match=r"^chosen\[1\].content: expected a string"):
+        conversation([{"role": "user", "content": "q"}, {"role": "assistant", "content": None}], "chosen")
+    with pytest.raises(ValueError, match="^chosen: expected a Human:/Assistant: transcript"):
+        conversation("just text", "chosen")
