@@ -30,9 +30,7 @@ they become response bodies, never exit codes.
 This module imports only the standard library, so any module may import it.
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass
+import dataclasses
 
 __all__ = [
     "CaiError",
@@ -64,7 +62,7 @@ class CaiError(Exception):
     exit_code = 1
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Problem:
     """One problem in an input file; ``line`` is None where the input has no lines (a flag)."""
 

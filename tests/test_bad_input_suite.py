@@ -223,3 +223,48 @@ def test_bad_inputs_get_located_messages_never_tracebacks(tmp_path, capsys):
             f"{len(unlocated)} messages without file/line/field or flag"
         )
     assert not tracebacks and not unlocated, "\n".join(tracebacks + unlocated)
+
+
+def test_cli_boundary_turns_cai_errors_into_messages_and_exit_codes():
+    """The root group's boundary, on a real click app with commands that raise."""
+    import typer
+
+    from cai.cli import CaiGroup
+    from cai.errors import InputFileError, Problem, RunLockedError, TransientModelError
+
+    raised: dict[str, BaseException] = {
+        "located": InputFileError([Problem("c.yaml", 3, "principles[0].name", "required field is missing")]),
+        "message": InputFileError("--k: must be >= 1"),
+        "runtime": RunLockedError("runs/x is in use by pid 7"),
+        "model": TransientModelError("upstream 503", reason="server_error"),
+        "interrupt": KeyboardInterrupt(),
+        "bug": ZeroDivisionError("a bug keeps its traceback"),
+    }
+    demo = typer.Typer(cls=CaiGroup)
+    for name, exc in raised.items():
+
+        def command(exc: BaseException = exc) -> None:
+            raise exc
+
+        demo.command(name)(command)
+    runner = CliRunner()
+
+    def run(name: str) -> tuple[int, str]:
+        result = runner.invoke(demo, [name])
+        return result.exit_code, result.stderr
+
+    assert run("located") == (2, "error: c.yaml:3: principles[0].name: required field is missing\n")
+    assert run("message") == (2, "error: --k: must be >= 1\n")
+    assert run("runtime") == (1, "error: runs/x is in use by pid 7\n")
+    assert run("model") == (1, "error (server_error): upstream 503\n")
+    assert run("interrupt") == (130, "\ninterrupted; rerun the same command to resume\n")
+    bug = runner.invoke(demo, ["bug"])
+    assert isinstance(bug.exception, ZeroDivisionError) and bug.exit_code == 1
+
+
+def test_the_cai_app_has_the_boundary():
+    import typer.main
+
+    from cai.cli import CaiGroup
+
+    assert isinstance(typer.main.get_command(app), CaiGroup)

@@ -21,7 +21,7 @@ from cai.cli import app
 from tests.quality_runs import scripted_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
 
 
 class Page:
@@ -147,6 +147,7 @@ def test_report_is_self_contained(report_file: Path):
     assert (report_file.parent / "run-a" / "report.json").exists()
 
 
+@needs_chromium
 def test_report_in_headless_chromium(browser: int, report_file: Path, tmp_path: Path):
     page = _open(browser, report_file.as_uri())
     plots = page.js("""[...document.querySelectorAll('figure.plot')].map(f => {
@@ -203,9 +204,12 @@ def test_report_in_headless_chromium(browser: int, report_file: Path, tmp_path: 
 
 
 def test_report_bad_source_is_a_clear_error(tmp_path: Path):
+    # a folder report cannot read is bad input: the CLI boundary exits 2 (it was 1 before the
+    # boundary existed) with the error's own message
     result = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
-    assert result.exit_code == 1 and "no such folder" in result.output
+    assert result.exit_code == 2 and f"error: {tmp_path / 'nope'}: no such folder" in result.output
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "trainer_log.json").write_text("{bad")
     result = CliRunner().invoke(app, ["report", str(tmp_path / "t")])
-    assert result.exit_code == 1 and "trainer_log.json: not JSON (line 1" in result.output
+    assert result.exit_code == 2 and "trainer_log.json: not JSON (line 1" in result.output
+    assert "Traceback" not in result.output

