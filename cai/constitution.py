@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,7 +106,7 @@ class Constitution(_Strict):
 
     @field_validator("principles", "judge_principles")
     @classmethod
-    def _unique_names(cls, items: list[Principle] | list[JudgePrinciple]) -> Any:
+    def _unique_names(cls, items: Sequence[Principle | JudgePrinciple]) -> Any:
         seen: dict[str, int] = {}
         for index, item in enumerate(items):
             if item.name in seen:
@@ -219,14 +220,15 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[Constitution, Sourc
     except ValidationError as exc:
         raise ConstitutionError(source.validation_problems(exc, _ConstitutionFile)) from None
 
-    parent, sources = None, ((path, text),)
+    parent: Constitution | None = None
+    sources: Sources = ((path, text),)
     if spec.extends is not None:
         parent_path = _find(spec.extends, relative_to=path.parent)
         if parent_path is None:
-            source.error(("extends",), _not_found_message(spec.extends))
+            raise ConstitutionError([source.problem(("extends",), _not_found_message(spec.extends))])
         if parent_path.resolve() in (*chain, path):
             names = " -> ".join(p.name for p in (*chain, path, parent_path.resolve()))
-            source.error(("extends",), f"extends cycle: {names}")
+            raise ConstitutionError([source.problem(("extends",), f"extends cycle: {names}")])
         parent, parent_sources = _load_file(parent_path, (*chain, path))
         sources += parent_sources
     elif spec.drop:
