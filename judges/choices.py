@@ -120,9 +120,9 @@ def parse_score(text: str, low: int, high: int) -> int | None:
     except (ValueError, TypeError):
         pass
     for match in re.findall(r"-?\d+(?:\.\d+)?", text):
-        value = float(match)
-        if value.is_integer() and low <= value <= high:
-            return int(value)
+        number = float(match)
+        if number.is_integer() and low <= number <= high:
+            return int(number)
         return None  # the first number is the answer; out of range means unparseable
     return None
 

@@ -73,7 +73,9 @@ class _Members:
 
     def ok_values(self, results) -> tuple[list[float], list[float]]:
         pairs = [
-            (r.value if isinstance(r, Score) else r.p_a, w) for r, w in zip(results, self.weights) if r.status == "ok"
+            (value, w)
+            for r, w in zip(results, self.weights)
+            if r.status == "ok" and (value := r.value if isinstance(r, Score) else r.p_a) is not None
         ]
         return [v for v, _ in pairs], [w for _, w in pairs]
 

@@ -43,7 +43,7 @@ class RewardModelJudge(PointwiseJudge):
     def render(self, prompt: Prompt, response: str) -> str:
         messages: list[Message] = [*as_messages(prompt), {"role": "assistant", "content": response_text(response)}]
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+            return str(self.tokenizer.apply_chat_template(messages, tokenize=False))
         return transcript(messages)
 
     def score_texts(self, texts: Sequence[str]) -> list[float]:

@@ -53,23 +53,25 @@ class Subject:
         already loaded model shared by both sides). The upstream's calls go through the store's
         cache, inside the wrapper, so a resumed eval repeats no finished critique or revision."""
         upstream = CachedModel(model or load_model(self.model, **(model_options or {})), store)
-        if not self.wrapped:
+        if not self.wrapped or self.constitution is None:
             return upstream
-        from cai.wrapper import ConstitutionalWrapper
+        from cai.wrapper import ConstitutionalWrapper, ViolationScorer
+        from judges.base import PointwiseJudge
         from judges.registry import load_judge
 
-        judges = []
+        judges: list[ViolationScorer] = []
         if self.mode in ("on_flag", "block"):
             spec = self.flag_judge or f"violation:{self.model}"
             shared = spec.partition(":")[2] == self.model
-            judges.append(
-                load_judge(
-                    spec,
-                    model=upstream if shared else None,
-                    model_options=model_options,
-                    store=None if shared else store,
-                )
-            )  # upstream is cached already
+            judge = load_judge(
+                spec,
+                model=upstream if shared else None,  # upstream is cached already
+                model_options=model_options,
+                store=None if shared else store,
+            )
+            if not isinstance(judge, PointwiseJudge):
+                raise ValueError(f"flag judge {spec!r}: needs a pointwise judge such as violation:MODEL")
+            judges.append(judge)
         return ConstitutionalWrapper(
             upstream,
             self.constitution,
