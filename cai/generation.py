@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["GenerateResult", "PromptsLike", "SampleSeeded", "agenerate", "agenerate_run", "generate", "run_config"]
 
 PromptsLike = str | Path | Sequence[str | Sequence[Message] | PromptRecord]
-# options that are safe to record in a run's config (never api keys)
+# model options that are part of a run's identity: never api keys, never scale-out settings
+# (ray, replicas, base_urls), so a run may resume with another replica count
 _RECORDED_OPTIONS = ("base_url",)
 
 

@@ -80,6 +80,18 @@ async def test_failed_samples_are_reported_then_retried(tmp_path):
         assert store.model_calls - calls_before == res.summary.model_calls  # only the retried sample's calls
 
 
+async def test_scale_out_options_are_not_part_of_the_run_identity(tmp_path):
+    out = tmp_path / "run"
+    await agenerate_run(PROMPTS[:2], model=ScriptedModel(script), out=out, model_options={"replicas": 1})
+    scaled = {"replicas": 4, "ray": True, "base_urls": ["http://127.0.0.1:8001/v1", "http://127.0.0.1:8002/v1"]}
+    again = await agenerate_run(PROMPTS[:2], model=ScriptedModel(_never_called), out=out, model_options=scaled)
+    assert again.summary.done_before == 2 and again.summary.model_calls == 0
+    with pytest.raises(ConfigMismatchError, match="model_options"):  # another server is another run
+        await agenerate_run(
+            PROMPTS[:2], model=ScriptedModel(script), out=out, model_options={"base_url": "http://127.0.0.1:9/v1"}
+        )
+
+
 def test_sync_generate_in_memory_and_export_card_has_no_secrets(tmp_path):
     traces = cai.generate(PROMPTS[:2], model=ScriptedModel(script), revisions=1)
     assert len(traces) == 2 and traces[0].final.startswith("Safer answer")

@@ -123,6 +123,18 @@ async def test_label_resumes_failed_samples_without_repeating_calls(tmp_path, pr
         await label(sets, tmp_path / "run", LabelConfig(judge="pairwise:other"), judge_model=again, progress=False)
 
 
+async def test_a_finished_run_loads_no_model(tmp_path, pref_file):
+    sets, _ = read_candidate_sets(pref_file)
+    config = LabelConfig(judge="pairwise:no-such-backend:judge")
+    judge = ScriptedModel(polite_judge, capabilities=NO_LOGPROBS)
+    first = await label(sets, tmp_path / "run", config, judge_model=judge, progress=False)
+    assert first.done == 3
+    with pytest.raises(ValueError, match="no-such-backend"):  # the spec cannot be loaded...
+        await label(sets, tmp_path / "other", config, progress=False)
+    again = await label(sets, tmp_path / "run", config, progress=False)  # ...and need not be
+    assert again.done_before == 3 and again.model_calls == 0
+
+
 async def test_label_many_candidates_hh_transcripts_and_pointwise(tmp_path):
     path = write_jsonl(
         tmp_path / "in.jsonl",
