@@ -9,14 +9,23 @@ from typing import Any, Optional
 
 import typer
 
-from cai.commands.judge import _fail, _judge_options, _model_options, eval_app, write_report
+from cai.commands.judge import (
+    BASE_URLS,
+    RAY,
+    REPLICAS,
+    _fail,
+    _judge_options,
+    _model_options,
+    eval_app,
+    print_replica_stats,
+    write_report,
+)
 
 PROMPTS_HELP = "Prompt file with label (safe/unsafe) and optional category columns (default: the shipped set)."
 LIMIT_HELP = "Use only the first N prompts of each label."
 MAX_TOKENS = typer.Option(256, min=1, help="Answer length limit.")
 JSON_OUT = typer.Option(None, "--json", help="Also write the metrics as JSON here ('-' = stdout).")
 CONCURRENCY = typer.Option(16, min=1, help="Prompts in flight.")
-BASE_URL = typer.Option(None, help="base_url for openai: model specs.")
 API_KEY = typer.Option(None, help="API key (default: $CAI_API_KEY).")
 NEW_RUN = typer.Option(False, "--new-run", help="Move an existing run in --out aside and start over.")
 REVISIONS = typer.Option(None, min=1, help="Wrapper critique/revision rounds.")
@@ -31,6 +40,7 @@ def _run(build: Callable[[], Coroutine[Any, Any, Any]], json_out: Optional[Path]
         report = asyncio.run(build())
     except (InputError, ConfigMismatchError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    print_replica_stats()
     write_report(report, json_out)
     if report.failed:
         typer.echo(f"{report.failed} prompts failed; rerun the same command to retry them", err=True)
@@ -59,9 +69,11 @@ def eval_safety(
     ),
     json_out: Optional[Path] = JSON_OUT,
     concurrency: int = CONCURRENCY,
-    base_url: Optional[str] = BASE_URL,
+    base_url: Optional[list[str]] = BASE_URLS,
     api_key: Optional[str] = API_KEY,
     new_run: bool = NEW_RUN,
+    ray: Optional[str] = RAY,
+    replicas: Optional[int] = REPLICAS,
 ) -> None:
     """Refusal on harmful prompts, over-refusal on safe look-alikes, and harm, per category."""
     from cai.models.base import GenParams
@@ -76,7 +88,7 @@ def eval_safety(
             data=str(prompts or SHIPPED_PROMPTS),
             out=out,
             params=GenParams(max_tokens=max_tokens),
-            model_options=_model_options(base_url, api_key),
+            model_options=_model_options(base_url, api_key, ray=ray, replicas=replicas),
             concurrency=concurrency,
             new_run=new_run,
         ),
@@ -110,9 +122,11 @@ def eval_winrate(
     ),
     json_out: Optional[Path] = JSON_OUT,
     concurrency: int = CONCURRENCY,
-    base_url: Optional[str] = BASE_URL,
+    base_url: Optional[list[str]] = BASE_URLS,
     api_key: Optional[str] = API_KEY,
     new_run: bool = NEW_RUN,
+    ray: Optional[str] = RAY,
+    replicas: Optional[int] = REPLICAS,
 ) -> None:
     """Win / tie / loss of a policy against a baseline, win-rate with a bootstrap CI, per question."""
     from cai.models.base import GenParams
@@ -130,7 +144,7 @@ def eval_winrate(
             data=str(prompts or SHIPPED_PROMPTS),
             out=out,
             params=GenParams(max_tokens=max_tokens),
-            model_options=_model_options(base_url, api_key),
+            model_options=_model_options(base_url, api_key, ray=ray, replicas=replicas),
             concurrency=concurrency,
             confidence=confidence,
             n_boot=bootstrap,

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 
 import typer
 
-from cai.commands.judge import MAX_RETRIES, TIMEOUT, _model_options
+from cai.commands.judge import BASE_URLS, MAX_RETRIES, RAY, REPLICAS, TIMEOUT, _model_options, print_replica_stats
 
 Sampling = Literal["random", "all", "sequential"]
 
@@ -71,14 +71,14 @@ def generate(
     limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N prompts."),
     max_tokens: int = typer.Option(256, min=1, help="Max new tokens per call."),
     temperature: float = typer.Option(0.0, min=0.0, help="Sampling temperature of every call."),
-    base_url: Optional[str] = typer.Option(
-        None, help="Server URL for openai:/litellm: models, e.g. http://127.0.0.1:8000/v1."
-    ),
+    base_url: Optional[list[str]] = BASE_URLS,
     api_key: Optional[str] = typer.Option(
         None, envvar="CAI_API_KEY", show_envvar=True, help="API key (never written to the run)."
     ),
     timeout: Optional[float] = TIMEOUT,
     max_retries: Optional[int] = MAX_RETRIES,
+    ray: Optional[str] = RAY,
+    replicas: Optional[int] = REPLICAS,
     prompt_field: str = typer.Option("prompt", help="Input field holding the prompt text."),
     messages_field: str = typer.Option("messages", help="Input field holding a conversation."),
     on_bad_line: Literal["skip", "abort"] = typer.Option(
@@ -135,7 +135,7 @@ def generate(
             f"--verify {verify!r}: unknown judge kind {verify.partition(':')[0].strip()!r}; "
             f"known: {', '.join(available_judges())}"
         )
-    options = _model_options(base_url, api_key, timeout, max_retries, (model, verify))
+    options = _model_options(base_url, api_key, timeout, max_retries, (model, verify), ray=ray, replicas=replicas)
     if model.startswith("openai:"):
         options["max_concurrency"] = concurrency
     try:
@@ -178,6 +178,7 @@ def generate(
     except KeyboardInterrupt:
         typer.secho(f"\ninterrupted; run the same command again to resume {out}", fg="yellow", err=True)
         raise typer.Exit(130) from None
+    print_replica_stats()
     for message in result.skipped_inputs:
         typer.secho(f"skipped {message}", fg="yellow", err=True)
     s = result.summary

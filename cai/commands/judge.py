@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -22,18 +24,40 @@ TIMEOUT = typer.Option(
 MAX_RETRIES = typer.Option(
     None, "--max-retries", min=0, help="Retries of a transient model error (openai:/litellm: models; default 4)."
 )
+BASE_URLS = typer.Option(
+    None,
+    "--base-url",
+    help="Server URL for openai:/litellm: models; give it once per replica to spread over several servers.",
+)
+RAY = typer.Option(
+    None,
+    "--ray",
+    metavar="ADDRESS",
+    help="Run the model as Ray replicas: 'local' (a cluster in this process), 'auto' (the node's `ray start`), or HOST:PORT.",
+)
+REPLICAS = typer.Option(
+    None,
+    "--replicas",
+    help="Model replicas on Ray, each its own actor and model (default: one per --base-url, else 1).",
+)
 
 
 def _model_options(
-    base_url: str | None,
+    base_url: str | list[str] | None,
     api_key: str | None,
     timeout: float | None = None,
     max_retries: int | None = None,
     specs: tuple[str | None, ...] = (),
+    *,
+    ray: str | None = None,
+    replicas: int | None = None,
 ) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if base_url:
-        options["base_url"] = base_url
+    """``load_model`` options from the shared flags; ``--ray`` / ``--replicas`` / several
+    ``--base-url`` make the model a Ray pool (``cai.models.ray_pool``)."""
+    urls = [base_url] if isinstance(base_url, str) else [u for u in base_url or [] if u]
+    options: dict[str, Any] = _pool_options(urls, ray, replicas)
+    if len(urls) == 1:
+        options["base_url"] = urls[0]
     key = api_key or os.environ.get("CAI_API_KEY")
     if key:
         options["api_key"] = key
@@ -44,6 +68,37 @@ def _model_options(
             _fail(f"{flag}: applies to openai: and litellm: models only (got {', '.join(s for s in specs if s)})")
         options[name] = value
     return options
+
+
+def _pool_options(urls: list[str], ray: str | None, replicas: int | None) -> dict[str, Any]:
+    if replicas is not None and replicas < 1:
+        _fail(f"--replicas: must be >= 1 (got {replicas})")
+    if replicas is not None and len(urls) > 1 and replicas != len(urls):
+        _fail(f"--replicas: {replicas} given with {len(urls)} --base-url; give one --base-url per replica")
+    if ray is None and replicas is None and len(urls) < 2:
+        return {}
+    if ray is not None and not ray.strip():
+        _fail("--ray: expected 'local', 'auto' or HOST:PORT")
+    if importlib.util.find_spec("ray") is None:
+        _fail("--ray: ray is not installed; pip install 'cai[ray]'")
+    options: dict[str, Any] = {"ray": (ray or "local").strip()}
+    if len(urls) > 1:
+        options["base_urls"] = urls
+    else:
+        options["replicas"] = replicas or 1
+    return options
+
+
+def print_replica_stats() -> None:
+    """The per-replica table of each Ray pool this command closed (after the run summary)."""
+    if "cai.models.ray_pool" not in sys.modules:
+        return
+    from rich.console import Console
+
+    from cai.models.ray_pool import pop_stats, stats_table
+
+    for spec, stats in pop_stats():
+        Console(stderr=True).print(stats_table(spec, stats))
 
 
 def _judge_options(spec: str, constitution: str | None, k: int, cot: bool, seed: int) -> dict[str, Any]:
@@ -81,10 +136,12 @@ def label_command(
     ),
     limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N records."),
     concurrency: int = typer.Option(16, min=1, help="Samples in flight."),
-    base_url: Optional[str] = typer.Option(None, help="base_url for openai: model specs."),
+    base_url: Optional[list[str]] = BASE_URLS,
     api_key: Optional[str] = typer.Option(None, help="API key (default: $CAI_API_KEY)."),
     timeout: Optional[float] = TIMEOUT,
     max_retries: Optional[int] = MAX_RETRIES,
+    ray: Optional[str] = RAY,
+    replicas: Optional[int] = REPLICAS,
     on_bad_line: Literal["abort", "skip"] = typer.Option("abort", help="abort | skip bad input records."),
     new_run: bool = typer.Option(False, "--new-run", help="Move an existing run in --out aside and start over."),
 ) -> None:
@@ -95,7 +152,7 @@ def label_command(
     from judges.data import read_candidate_sets
     from judges.label import LabelConfig, label
 
-    options = _model_options(base_url, api_key, timeout, max_retries, (judge, policy))
+    options = _model_options(base_url, api_key, timeout, max_retries, (judge, policy), ray=ray, replicas=replicas)
     try:
         sets, skipped = read_candidate_sets(input, limit=limit, on_bad_line=on_bad_line)
         for message in skipped:
@@ -111,6 +168,7 @@ def label_command(
         summary = asyncio.run(label(sets, out, config, concurrency=concurrency, model_options=options, new_run=new_run))
     except (InputError, ConfigMismatchError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    print_replica_stats()
     typer.echo(f"wrote {out / 'preferences.jsonl'} and {out / 'labels.jsonl'}", err=True)
     if summary.n_failed:
         typer.echo(f"{summary.n_failed} samples failed; rerun the same command to retry them", err=True)
@@ -131,10 +189,12 @@ def eval_judge(
     cot: bool = typer.Option(False, "--cot", help="Chain-of-thought judging."),
     seed: int = typer.Option(0, help="Seed for principle sampling."),
     concurrency: int = typer.Option(16, min=1, help="Pairs in flight."),
-    base_url: Optional[str] = typer.Option(None, help="base_url for openai: model specs."),
+    base_url: Optional[list[str]] = BASE_URLS,
     api_key: Optional[str] = typer.Option(None, help="API key (default: $CAI_API_KEY)."),
     timeout: Optional[float] = TIMEOUT,
     max_retries: Optional[int] = MAX_RETRIES,
+    ray: Optional[str] = RAY,
+    replicas: Optional[int] = REPLICAS,
 ) -> None:
     """Agreement of a pairwise judge with human labels, position consistency, ties, calibration."""
     from cai.inputs import InputError
@@ -151,12 +211,15 @@ def eval_judge(
                 data=str(data),
                 out=out,
                 judge_options=_judge_options(judge, constitution, k, cot, seed),
-                model_options=_model_options(base_url, api_key, timeout, max_retries, (judge,)),
+                model_options=_model_options(
+                    base_url, api_key, timeout, max_retries, (judge,), ray=ray, replicas=replicas
+                ),
                 concurrency=concurrency,
             )
         )
     except (InputError, ConfigMismatchError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    print_replica_stats()
     write_report(report, json_out)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
+from cai.errors import ModelSpecError
 from cai.models.base import ChatModel
 
 ENTRY_POINT_GROUP = "cai.models"
@@ -24,11 +25,13 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "vllm": "cai.models.vllm_inproc:load_vllm",
     "openai": "cai.models.openai_backend:load_openai",
     "litellm": "cai.models.litellm_backend:load_litellm",
+    "scripted": "cai.models.registry:load_scripted",
 }
+# options that make load_model build a RayPool of replicas (cai.models.ray_pool)
+POOL_TRIGGERS = ("replicas", "ray", "base_urls", "replica_options")
 
 
-class ModelSpecError(ValueError):
-    pass
+__all__ = ["ModelSpecError", "available_backends", "load_model", "parse_spec"]
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -64,10 +67,35 @@ def _factory(backend: str) -> Callable[..., ChatModel]:
     return getattr(importlib.import_module(module), attr)
 
 
+def load_scripted(model: str, **options: Any) -> ChatModel:
+    """``scripted:MODULE:FUNCTION``: a ``ScriptedModel`` driven by ``FUNCTION(messages,
+    params) -> str | Completion`` (e.g. to test a pipeline, or a Ray cluster, without a model);
+    ``delay`` (seconds per call) is its one option."""
+    from cai.models.scripted import ScriptedModel
+
+    module, sep, attr = model.rpartition(":")
+    if not sep or not module or not attr:
+        raise ModelSpecError(f"scripted:{model}: expected 'scripted:MODULE:FUNCTION'")
+    try:
+        script = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelSpecError(f"scripted:{model}: cannot import {attr!r} from {module!r}: {exc}") from None
+    return ScriptedModel(script, spec=f"scripted:{model}", **options)
+
+
 def load_model(spec: str | ChatModel, **options: Any) -> ChatModel:
-    """Build a ChatModel from a spec string (a ChatModel passes through unchanged)."""
+    """Build a ChatModel from a spec string (a ChatModel passes through unchanged).
+
+    With any of the options ``replicas``, ``ray``, ``base_urls``, ``replica_options`` the
+    result is a ``RayPool`` (``cai.models.ray_pool.load_pool``): that many replicas of the
+    model, each built with this function in a Ray actor's process."""
     if isinstance(spec, ChatModel):
         return spec
+    if any(options.get(k) is not None for k in POOL_TRIGGERS):
+        from cai.models.ray_pool import load_pool
+
+        parse_spec(spec)  # a bad spec fails here, before a cluster starts
+        return load_pool(spec.strip(), **options)
     backend, model = parse_spec(spec)
     chat_model = _factory(backend)(model, **options)
     if not chat_model.spec:
