@@ -27,7 +27,6 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cai.constitution import Constitution, Principle, Sampling, load_constitution
 from cai.models.base import ChatModel, Completion, ContextLengthError, GenParams, Message, ModelError, Usage
@@ -195,16 +194,6 @@ def _prompt_key(messages: list[Message]) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _resolve(constitution: Constitution, config: ReviseConfig | None, options: dict[str, Any]) -> ReviseConfig:
-    """``config``, or one built from the keyword options (the older way to call ``revise``)."""
-    given = {k: v for k, v in options.items() if v is not None}
-    if config is None:
-        return ReviseConfig.from_constitution(constitution, **given)
-    if given:
-        raise TypeError(f"revise: pass {', '.join(sorted(given))} in config, not next to it")
-    return config
-
-
 async def _initial(trace: Trace, conv: _Conversation, initial: str | Completion | None) -> None:
     """Set the trace's initial answer: the one given, or the model's reply to the prompt alone."""
     if initial is None:
@@ -250,8 +239,16 @@ async def revise(
     back with ``stop_reason="failed"`` and ``error`` set to the reason (e.g. ``context_length``).
     Each step records its calls' usage and seconds; ``trace.usage`` is their sum."""
     constitution = load_constitution(constitution)
-    options = {"revisions": revisions, "sampling": sampling, "seed": seed, "few_shot": few_shot, "params": params}
-    config = _resolve(constitution, config, {**options, "gates": gates})
+    config = ReviseConfig.resolve(
+        constitution,
+        config,
+        revisions=revisions,
+        sampling=sampling,
+        seed=seed,
+        few_shot=few_shot,
+        params=params,
+        gates=gates,
+    )
     messages = normalize_prompt(prompt)
     key = sample_id or _prompt_key(messages)
     trace = Trace(

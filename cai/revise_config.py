@@ -84,6 +84,17 @@ class ReviseConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    @classmethod
+    def resolve(cls, constitution: Constitution, config: ReviseConfig | None, **options: Any) -> ReviseConfig:
+        """``config``, or one built from keyword options (the older way to pass the settings,
+        ``None`` meaning the default). Both at once is a TypeError naming the options."""
+        given = sorted(k for k, v in options.items() if v is not None)
+        if config is None:
+            return cls.from_constitution(constitution, **options)
+        if given:
+            raise TypeError(f"pass {', '.join(given)} in config, not next to it")
+        return config
+
     def replace(self, **changes: Any) -> ReviseConfig:
         return dataclasses.replace(self, **changes)
 

@@ -157,10 +157,9 @@ class ConstitutionalWrapper(ChatModel):
         self.model = model
         self.constitution = load_constitution(constitution)
         self.mode: Mode = mode
-        options = {"revisions": revisions, "sampling": sampling, "seed": seed, "few_shot": few_shot}
-        if config is not None and any(v is not None for v in options.values()):
-            raise TypeError("ConstitutionalWrapper: pass the loop's options in config, not next to it")
-        self.config = config or ReviseConfig.from_constitution(self.constitution, **options)
+        self.config = ReviseConfig.resolve(
+            self.constitution, config, revisions=revisions, sampling=sampling, seed=seed, few_shot=few_shot
+        )
         self.judges = list(judges)
         self.threshold = threshold
         self.refusal = refusal
