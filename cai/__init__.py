@@ -1,7 +1,7 @@
 """cai: Constitutional AI / RLAIF toolkit.
 
 ``cai.generate(prompts, model=..., constitution=..., revisions=2, out=...)`` critique-revises a
-dataset (see ``cai.api``); ``await cai.revise(model, prompt, constitution)`` does one prompt.
+dataset (see ``cai.generation``); ``await cai.revise(model, prompt, constitution)`` does one prompt.
 Every error cai raises on purpose is a ``cai.CaiError`` (the family: ``cai.errors``).
 
 The public names are ``__all__`` (pinned by tests/test_exported_members.py). They are loaded
@@ -16,17 +16,17 @@ import typing as _typing
 __version__ = "0.1.0"
 
 if _typing.TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ loads them
-    from cai.api import agenerate as agenerate
-    from cai.api import generate as generate
     from cai.constitution import load_constitution as load_constitution
     from cai.errors import CaiError as CaiError
+    from cai.generation import agenerate as agenerate
+    from cai.generation import generate as generate
     from cai.models import load_model as load_model
     from cai.revise import revise as revise
 
 _LAZY = {
     "CaiError": "cai.errors",
-    "agenerate": "cai.api",
-    "generate": "cai.api",
+    "agenerate": "cai.generation",
+    "generate": "cai.generation",
     "load_constitution": "cai.constitution",
     "load_model": "cai.models",
     "revise": "cai.revise",
