@@ -13,8 +13,6 @@ samples finished by an earlier run in the same directory and failed ones
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from cai.aio import run_sync
 from cai.constitution import Constitution, Sampling, load_constitution
 from cai.inputs import InputError, OnBadLine, PromptRecord, read_prompts
 from cai.jobs import Job, JobContext, run_job
@@ -305,10 +304,6 @@ async def agenerate(prompts: PromptsLike, **kwargs: Any) -> list[Trace]:
 
 
 def generate(prompts: PromptsLike, **kwargs: Any) -> list[Trace]:
-    """Blocking ``agenerate`` (runs in a helper thread when called inside an event loop)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(agenerate(prompts, **kwargs))
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # e.g. inside Jupyter
-        return pool.submit(asyncio.run, agenerate(prompts, **kwargs)).result()
+    """Blocking ``agenerate`` (``cai.aio.run_sync``: in a helper thread when called inside an
+    event loop, e.g. in Jupyter)."""
+    return run_sync(agenerate(prompts, **kwargs))

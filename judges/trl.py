@@ -15,11 +15,11 @@ ignores them for that function). Prompts and completions may be plain text or co
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Sequence
 from typing import Any
 
+from cai.aio import BackgroundLoop
 from judges.base import PairwiseJudge, PointwiseJudge, response_text
 
 
@@ -40,7 +40,7 @@ class JudgeReward:
         self.centered = centered
         self.concurrency = concurrency
         self.__name__ = name or judge.name.replace(":", "_").replace("/", "_")
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: BackgroundLoop | None = None
         self._lock = threading.Lock()
 
     async def rewards(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
@@ -66,22 +66,20 @@ class JudgeReward:
                 out.append(2 * v.p_a - 1 if self.centered else v.p_a)  # type: ignore[operator]
         return out
 
-    def _background_loop(self) -> asyncio.AbstractEventLoop:
+    def _background_loop(self) -> BackgroundLoop:
         # one long-lived loop, so the judge's HTTP clients stay bound to a live loop across calls
         with self._lock:
             if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-                threading.Thread(target=self._loop.run_forever, name=f"{self.__name__}-loop", daemon=True).start()
+                self._loop = BackgroundLoop(name=f"{self.__name__}-loop")
             return self._loop
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
-        future = asyncio.run_coroutine_threadsafe(self.rewards(prompts, completions, **kwargs), self._background_loop())
-        return future.result()
+        return self._background_loop().submit(self.rewards(prompts, completions, **kwargs))
 
     def close(self) -> None:
         if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self.judge.aclose(), self._loop).result()
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop.submit(self.judge.aclose())
+            self._loop.close()
             self._loop = None
 
 
