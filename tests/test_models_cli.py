@@ -5,7 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from cai.cli import app
-from tests.stub_openai_server import StubOpenAIServer
+from cai.testing import StubOpenAIServer
 
 runner = CliRunner()
 

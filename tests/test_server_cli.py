@@ -12,7 +12,7 @@ import time
 import httpx
 import openai
 
-from tests.stub_openai_server import StubOpenAIServer
+from cai.testing import StubOpenAIServer
 
 
 def free_port() -> int:
