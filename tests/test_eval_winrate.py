@@ -133,3 +133,46 @@ def test_cli_raw_vs_wrapped_on_the_embedded_model(tmp_path: Path):
     row = json.loads((tmp_path / "run" / "comparisons.jsonl").read_text())
     assert row["verdict"]["usage"]["calls"] == 2  # both orders, one token each
     assert report["calls_per_prompt"] > 4  # answer, critique, revision on the wrapped side
+
+
+COUNTED_MODELS = """
+from cai.models import ScriptedModel
+
+OPENED = []
+
+
+class Counted(ScriptedModel):
+    closed = False
+
+    async def aclose(self):
+        self.closed = True
+
+
+def script(messages, params):
+    content = messages[-1]["content"]
+    return ("B" if "GOOD" in content.split("<response_b>")[1] else "A") if "<response_b>" in content else "GOOD"
+
+
+def factory(model, **options):
+    OPENED.append(Counted(script, spec=f"counted:{model}", capabilities=None))
+    return OPENED[-1]
+"""
+
+
+async def test_a_spec_used_by_two_sides_loads_once_and_closes_with_the_job(tmp_path: Path, monkeypatch):
+    from tests.test_judges_label import install_plugin
+
+    counted = install_plugin(
+        tmp_path / "site", monkeypatch, "cai_counted_models", COUNTED_MODELS, "cai.models", "counted"
+    )
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"question {i}"}) + "\n" for i in range(2)))
+    prompts = read_eval_prompts(data, require_label=False)
+    baseline = counted.Counted(lambda m, p: "meh", spec="baseline")
+    run = dict(judge_options={"k": 1}, models={"baseline": baseline}, out=tmp_path / "run", progress=False)
+    report = await evaluate_winrate(prompts, Subject("counted:x"), Subject("baseline"), "pairwise:counted:x", **run)
+    assert report.wins == 2
+    assert len(counted.OPENED) == 1 and counted.OPENED[0].closed  # the policy's model judged too
+    assert not baseline.closed  # the caller's model stays open
+    again = await evaluate_winrate(prompts, Subject("counted:x"), Subject("baseline"), "pairwise:counted:x", **run)
+    assert again.wins == 2 and len(counted.OPENED) == 1  # a finished run loads nothing

@@ -273,22 +273,25 @@ def factory(rest, **options):
 '''
 
 
+def install_plugin(site, monkeypatch, module: str, code: str, group: str, name: str):
+    """Install ``module`` the way a package installs a plugin: the module and a dist-info
+    directory on sys.path whose entry_points.txt names ``module:factory`` as ``name`` under
+    ``group``. Returns the imported module (the one the entry point loads)."""
+    info = site / f"{module}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / f"{module}.py").write_text(code, encoding="utf-8")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{name} = {module}:factory\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(site))
+    sys.modules.pop(module, None)
+    imported = importlib.import_module(module)
+    monkeypatch.setitem(sys.modules, module, imported)  # forgotten again at teardown
+    return imported
+
+
 @pytest.fixture
 def digit_plugin(tmp_path, monkeypatch):
-    """A plugin judge installed the way a package installs one: a module and a dist-info
-    directory on sys.path whose entry_points.txt names it under ``cai.judges``."""
-    site = tmp_path / "site"
-    (site / "cai_digit_judge-0.1.dist-info").mkdir(parents=True)
-    (site / "cai_digit_judge.py").write_text(PLUGIN, encoding="utf-8")
-    (site / "cai_digit_judge-0.1.dist-info" / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: cai-digit-judge\nVersion: 0.1\n", encoding="utf-8"
-    )
-    (site / "cai_digit_judge-0.1.dist-info" / "entry_points.txt").write_text(
-        "[cai.judges]\ndigit = cai_digit_judge:factory\n", encoding="utf-8"
-    )
-    monkeypatch.syspath_prepend(str(site))
-    yield importlib.import_module("cai_digit_judge")
-    sys.modules.pop("cai_digit_judge", None)
+    yield install_plugin(tmp_path / "site", monkeypatch, "cai_digit_judge", PLUGIN, "cai.judges", "digit")
 
 
 async def test_plugin_judge_calls_are_cached_and_resumed(tmp_path, pref_file, digit_plugin):
