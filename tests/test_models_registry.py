@@ -155,3 +155,18 @@ def test_chat_sync_works_inside_a_running_loop() -> None:
         return model.chat_sync([{"role": "user", "content": "hi"}], GenParams()).text
 
     assert asyncio.run(inside()) == "y"
+
+
+def scripted_upper(messages, params) -> str:
+    return messages[-1]["content"].upper()
+
+
+def test_scripted_spec_builds_a_scripted_model() -> None:
+    model = load_model("scripted:tests.test_models_registry:scripted_upper", delay=0.0)
+    assert isinstance(model, ScriptedModel)
+    assert model.spec == "scripted:tests.test_models_registry:scripted_upper"
+    assert model.chat_sync([{"role": "user", "content": "shout"}]).text == "SHOUT"
+    with pytest.raises(ModelSpecError, match="expected 'scripted:MODULE:FUNCTION'"):
+        load_model("scripted:no_function")
+    with pytest.raises(ModelSpecError, match="cannot import 'missing' from 'tests.test_models_registry'"):
+        load_model("scripted:tests.test_models_registry:missing")

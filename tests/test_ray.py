@@ -268,3 +268,47 @@ async def test_embedded_replicas_match_one_process(cluster: SimpleNamespace, tmp
     assert pooled.summary.done == 3 and not pooled.summary.failed
     assert [_drop_timings(t.to_dict()) for t in pooled.traces] == [_drop_timings(t.to_dict()) for t in one.traces]
     assert _model_calls(tmp_path / "pool") == _model_calls(tmp_path / "one")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--replicas", "0"], "--replicas: must be >= 1 (got 0)"),
+        (
+            ["--base-url", "http://a/v1", "--base-url", "http://b/v1", "--replicas", "3"],
+            "--replicas: 3 given with 2 --base-url; give one --base-url per replica",
+        ),
+        (["--ray", " "], "--ray: expected 'local', 'auto' or HOST:PORT"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["generate", "prompts.jsonl", "--model", "openai:m"],
+        ["label", "pairs.jsonl", "--out", "run", "--judge", "pairwise:openai:m"],
+        ["eval", "safety", "--model", "openai:m"],
+        ["eval", "winrate", "--policy", "openai:m", "--baseline", "openai:n", "--judge", "pairwise:openai:m"],
+    ],
+)
+def test_scale_out_flag_errors(command: list[str], args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from cai.cli import app
+
+    result = CliRunner().invoke(app, [*command, *args])
+    assert result.exit_code == 2, result.output
+    assert f"error: {message}" in result.output
+
+
+def test_ray_flag_without_ray_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from cai.cli import app
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    result = CliRunner().invoke(app, ["generate", "prompts.jsonl", "--ray", "local"])
+    assert result.exit_code == 2
+    assert "error: --ray: ray is not installed; pip install 'cai[ray]'" in result.output
