@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cai.server.config import ROUTES, AuthConfig, ConfigError
+from cai.server.errors import APIError
 
 ALL = frozenset(ROUTES)
 # a comment starts a line or follows whitespace; a '#' inside a key is part of the key
@@ -74,3 +75,24 @@ class KeyStore:
             if hmac.compare_digest(presented, key.digest):
                 found = key.routes
         return found
+
+
+def key_problem(keys: KeyStore, auth: AuthConfig, route: str, header: str) -> APIError | None:
+    """Why an ``Authorization`` header may not call ``route`` (401/403), None when it may.
+    ``route`` "other" (an unknown /v1 path) needs any valid key."""
+    if not keys.enabled or (route == "metrics" and auth.public_metrics):
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return APIError(
+            401,
+            "missing bearer API key (Authorization: Bearer <key>)",
+            code="invalid_api_key",
+            headers={"www-authenticate": "Bearer"},
+        )
+    routes = keys.routes_for(token.strip())
+    if routes is None:
+        return APIError(401, "invalid API key", code="invalid_api_key", headers={"www-authenticate": "Bearer"})
+    if route != "other" and route not in routes:
+        return APIError(403, f"this API key may not call the {route!r} route", code="forbidden")
+    return None

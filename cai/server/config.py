@@ -109,8 +109,9 @@ class ConfigError(InputFileError):
 
 def _line(source: YamlFile | None, loc: tuple[str, ...]) -> int | None:
     """Line of the longest prefix of ``loc`` present in the file (None: not from the file)."""
-    root = source.root if source is not None else None
-    if not isinstance(root, yaml.MappingNode) or not any(k.value == loc[0] for k, _ in root.value if loc):
+    if source is None or not isinstance(source.root, yaml.MappingNode):
+        return None
+    if not any(k.value == loc[0] for k, _ in source.root.value if loc):
         return None
     return source.line_of(loc)
 

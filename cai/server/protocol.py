@@ -1,19 +1,28 @@
-"""The slice of the OpenAI chat-completions API that `cai serve` speaks: request model,
-response and SSE chunk builders (fields as vLLM's OpenAI server sends them)."""
+"""The wire format of `cai serve`, in one place: request models for /v1/chat/completions,
+/v1/judge and /v1/reward, and the response bodies.
+
+Chat bodies (completion, SSE chunks, the model list) are the ``openai`` SDK's own types
+(``openai.types.chat.ChatCompletion``, ``ChatCompletionChunk``, ``openai.types.Model``),
+validated as they are built, so a body the SDK could not parse fails here and not in a
+client. Judge and reward bodies are cai's own (OpenRLHF's shape for rewards).
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from openai.types import Model
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cai.models.base import GenParams, Message, TokenLogprob
+from cai.models.base import GenParams, Message, TokenLogprob, Usage
+from cai.server.chat_markup import Markup, split_query
+from cai.server.errors import APIError
 
 
 class TextPart(BaseModel):
@@ -44,7 +53,7 @@ class ChatMessage(BaseModel):
         for name in TOOL_FIELDS:
             if (value := (self.model_extra or {}).get(name)) is not None:
                 message[name] = value
-        return message  # type: ignore[return-value]
+        return message
 
 
 class CaiOptions(BaseModel):
@@ -119,6 +128,83 @@ class ChatRequest(BaseModel):
         )
 
 
+Prompt = str | list[dict[str, Any]]  # as judges take it
+PromptIn = str | list[ChatMessage]  # as clients send it: text, or a conversation (content parts allowed)
+
+
+def as_prompt(prompt: PromptIn) -> Prompt:
+    if isinstance(prompt, str):
+        return prompt
+    try:
+        return [dict(m.as_message()) for m in prompt]
+    except ValueError as exc:
+        raise APIError(400, f"invalid prompt: {exc}", code="invalid_request", param="prompt") from None
+
+
+class JudgeItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: PromptIn
+    response: str | None = None  # pointwise
+    a: str | None = None  # pairwise
+    b: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> JudgeItem:
+        pairwise = self.a is not None or self.b is not None
+        if pairwise == (self.response is not None) or (pairwise and (self.a is None or self.b is None)):
+            raise ValueError("give either 'response' (pointwise) or both 'a' and 'b' (pairwise)")
+        return self
+
+
+class JudgeRequest(BaseModel):
+    """One item ({"prompt", "response"} or {"prompt", "a", "b"}) or {"items": [...]}."""
+
+    model_config = ConfigDict(extra="forbid")
+    items: list[JudgeItem] = Field(min_length=1)
+
+    @classmethod
+    def parse(cls, raw: Any) -> JudgeRequest:
+        """From the request's JSON (one item or the batch); 400 when it is neither."""
+        single = isinstance(raw, dict) and "items" not in raw
+        try:
+            return cls.model_validate({"items": [raw]} if single else raw)
+        except ValueError as exc:  # a pydantic ValidationError
+            raise APIError(400, f"invalid judge request: {exc}", code="invalid_request") from None
+
+
+class RewardItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: PromptIn
+    response: str
+
+
+class RewardRequest(BaseModel):
+    """Either cai's shape {"items": [{"prompt", "response"}]} or OpenRLHF's remote reward
+    shape {"query": [templated prompt + response, ...], "prompts": [...], "labels": [...]}."""
+
+    model_config = ConfigDict(extra="allow")
+    items: list[RewardItem] | None = None
+    query: list[str] | None = None
+    prompts: list[str] | None = None
+    labels: list[Any] | None = None
+    # unscored items get judge.unscored_reward instead of None (always so in OpenRLHF's shape)
+    fill_unscored: bool = False
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> RewardRequest:
+        if (self.items is None) == (self.query is None):
+            raise ValueError("give either 'items' or OpenRLHF's 'query' (with optional 'prompts')")
+        if self.query is not None and self.prompts is not None and len(self.prompts) != len(self.query):
+            raise ValueError(f"'prompts' has {len(self.prompts)} entries, 'query' has {len(self.query)}")
+        return self
+
+    def pairs(self, markup: Markup | None) -> list[tuple[Prompt, str]]:
+        if self.items is not None:
+            return [(as_prompt(it.prompt), it.response) for it in self.items]
+        prompts: list[str | None] = list(self.prompts) if self.prompts else [None] * len(self.query or [])
+        return [split_query(q, p, markup) for q, p in zip(self.query or [], prompts)]
+
+
 def new_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
@@ -128,7 +214,7 @@ def fingerprint(*parts: str) -> str:
     return "fp_" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
-def usage_body(usage: Any) -> dict[str, int]:
+def usage_body(usage: Usage) -> dict[str, int]:
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -154,6 +240,10 @@ def logprobs_body(logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
     }
 
 
+# a model's finish reasons as OpenAI names them ("error": the provider stopped the answer)
+_FINISH = {"stop": "stop", "length": "length", "error": "content_filter"}
+
+
 @dataclass
 class Choice:
     """One answer of a response: text or tool calls, why it ended, its log-probs."""
@@ -162,6 +252,9 @@ class Choice:
     finish_reason: str
     logprobs: dict[str, Any] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        self.finish_reason = _FINISH.get(self.finish_reason, self.finish_reason)
 
     def message(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.text, "refusal": None}
@@ -183,9 +276,10 @@ def choices_of(upstream: dict[str, Any]) -> list[Choice]:
     ]
 
 
-def completion_body(
+def completion_json(
     cid: str, model: str, choices: list[Choice], usage: dict[str, int], fp: str, trace: Any = None
-) -> dict[str, Any]:
+) -> bytes:
+    """A ``chat.completion`` body (with ``cai_trace`` when a trace is given)."""
     body: dict[str, Any] = {
         "id": cid,
         "object": "chat.completion",
@@ -200,7 +294,13 @@ def completion_body(
     }
     if trace is not None:
         body["cai_trace"] = trace
-    return body
+    return ChatCompletion.model_validate(body).model_dump_json(exclude_unset=True).encode("utf-8")
+
+
+def models_body(served: str) -> dict[str, Any]:
+    """The ``/v1/models`` list: the one served name."""
+    model = Model(id=served, object="model", created=0, owned_by="cai")
+    return {"object": "list", "data": [model.model_dump(exclude_unset=True)]}
 
 
 def _pieces(text: str, size: int = 16) -> Iterator[str]:
@@ -221,23 +321,24 @@ def sse_chunks(
     calls), a finish chunk; then the usage chunk when asked for, then ``[DONE]``."""
     created = int(time.time())
 
-    def event(body: dict[str, Any]) -> bytes:
-        return b"data: " + json.dumps(body, ensure_ascii=False).encode("utf-8") + b"\n\n"
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        body = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": fp,
+            "choices": choices,
+            **extra,
+        }
+        return (
+            b"data: " + ChatCompletionChunk.model_validate(body).model_dump_json(exclude_unset=True).encode() + b"\n\n"
+        )
 
     def chunk(
         index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None, **extra: Any
     ) -> bytes:
-        return event(
-            {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "system_fingerprint": fp,
-                "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}],
-                **extra,
-            }
-        )
+        return event([{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}], **extra)
 
     for i, c in enumerate(choices):
         yield chunk(i, {"role": "assistant", "content": ""})
@@ -248,15 +349,5 @@ def sse_chunks(
         last = i == len(choices) - 1
         yield chunk(i, {}, c.finish_reason, c.logprobs, **({"cai_trace": trace} if trace is not None and last else {}))
     if include_usage:
-        yield event(
-            {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "system_fingerprint": fp,
-                "choices": [],
-                "usage": usage,
-            }
-        )
+        yield event([], usage=usage)
     yield b"data: [DONE]\n\n"

@@ -81,7 +81,7 @@ class RewardQueue:
         self._loop = loop
         self._pending: deque[tuple[tuple[Any, str], asyncio.Future]] = deque()
         self._wake = asyncio.Event()
-        self._worker: asyncio.Task | None = None
+        self._worker = None
 
     async def score(self, pairs: Sequence[tuple[Any, str]]) -> list[Any]:
         """Scores for (prompt, response) pairs, in order; ``QueueFull`` when they do not fit."""
@@ -102,7 +102,7 @@ class RewardQueue:
         return list(await asyncio.gather(*futures))
 
     def _take(self) -> list[tuple[tuple[Any, str], asyncio.Future]]:
-        batch = []
+        batch: list[tuple[tuple[Any, str], asyncio.Future]] = []
         while self._pending and len(batch) < self.max_batch:
             item, future = self._pending.popleft()
             if not future.done():

@@ -26,7 +26,7 @@ class _HeaderDeadline:
     header_timeout: float = 10.0
     _header_deadline: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._arm_header_deadline(self.header_timeout)
 
