@@ -33,7 +33,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from cai.yamlfile import InputFileError, Problem, YamlFile, did_you_mean
+from cai.errors import ConstitutionError, Problem
+from cai.yamlfile import YamlFile, did_you_mean
 
 Sampling = Literal["random", "all", "sequential"]
 
@@ -133,11 +134,6 @@ class Constitution(_Strict):
             if item.name == name:
                 return item
         raise KeyError(f"constitution {self.name!r} has no principle {name!r}")
-
-
-class ConstitutionError(InputFileError):
-    """One or more problems in a constitution file, each naming file, line and field
-    (``.problems``: list of Problem(file, line, field, message))."""
 
 
 class _ConstitutionFile(Constitution):

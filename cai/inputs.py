@@ -22,16 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cai.errors import InputError
 from cai.models.base import Message
 from cai.records import check_messages
 
 OnBadLine = Literal["skip", "abort"]
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant|H|A):[ \t]?")
 _ROLES = {"Human": "user", "H": "user", "Assistant": "assistant", "A": "assistant"}
-
-
-class InputError(ValueError):
-    """A prompt file (or one record in it) cannot be used."""
 
 
 @dataclass
