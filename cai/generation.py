@@ -8,7 +8,7 @@
 ``out`` is a run directory (resumable, with traces/sft/preferences JSONL files); with
 ``out=None`` the run is kept in memory. The traces come back in input order, including
 samples finished by an earlier run in the same directory and failed ones
-(``trace.stop_reason == "failed"``, ``trace.error`` = reason).
+(``trace.stop_reason == "failed"``, ``trace.error`` = reason). The run is one ``cai.jobs`` job.
 """
 
 from __future__ import annotations
