@@ -29,8 +29,8 @@ import argparse
 import asyncio
 import contextlib
 import io
-import os
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -62,8 +62,16 @@ RESUME_TARGET_S = 1.0
 
 
 def prompts(n: int) -> list[list[dict[str, str]]]:
+    """n distinct prompt conversations (cycled from the file, numbered past its end so that no
+    two samples share a call)."""
     found = [p.messages for p in read_prompts(PROMPTS_FILE).prompts]
-    return [list(found[i % len(found)]) for i in range(n)]
+    out = []
+    for i in range(n):
+        conv = [dict(m) for m in found[i % len(found)]]
+        if i >= len(found):
+            conv[-1]["content"] += f" ({i})"
+        out.append(conv)
+    return out
 
 
 async def floor(base_url: str, data: list[list[dict[str, str]]]) -> int:
@@ -135,16 +143,22 @@ def measure(latency: float, n: int, repeats: int, tmp: Path) -> dict[str, Any]:
     runs: dict[str, list[dict[str, float]]] = {"floor": [], "cai": []}
     with StubOpenAIServer(latency=latency, reply=REPLY, subprocess=True) as server:
         out = tmp / f"run-{latency}"
+        # warm-up (imports, first connections), not timed
+        timed(lambda: floor(server.base_url, data[:2]))
+        timed(lambda: cai_generate(server.base_url, data[:2], tmp / f"warm-{latency}"))
         for rep in range(repeats):  # alternate the order so drifting machine load hits both alike
             for system in ("floor", "cai") if rep % 2 == 0 else ("cai", "floor"):
                 if system == "floor":
                     runs["floor"].append(timed(lambda: floor(server.base_url, data)))
                 else:
                     run_dir = out.with_name(f"{out.name}-{rep}")
-                    runs["cai"].append(timed(lambda: cai_generate(server.base_url, data, run_dir)))
+                    runs["cai"].append(timed(lambda d=run_dir: cai_generate(server.base_url, data, d)))
         before = server.stats()["requests"]
         resume = timed(lambda: cai_generate(server.base_url, data, out.with_name(f"{out.name}-0")))
         resume["server_calls"] = float(server.stats()["requests"] - before)
+    for system, rs in runs.items():
+        if any(r["calls"] != n * CALLS_PER_SAMPLE for r in rs):
+            raise RuntimeError(f"{system}: expected {n * CALLS_PER_SAMPLE} calls, made {[r['calls'] for r in rs]}")
     result: dict[str, Any] = {
         name: {key: statistics.median(r[key] for r in rs) for key in ("wall", "cpu", "calls")}
         for name, rs in runs.items()

@@ -60,7 +60,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cai.models.base import ModelError, Usage
-from cai.store import ConfigMismatchError, RunStore, sample_scope
+from cai.store import ConfigMismatchError, RunStore, sample_scope, to_json
 
 
 @dataclass
@@ -138,6 +138,9 @@ class RunSummary:
         return table
 
 
+PROGRESS_INTERVAL_S = 0.1  # the progress bar redraws at most this often
+
+
 def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
 
@@ -183,7 +186,7 @@ class _OutputFiles:
         for writer in self.writers:
             f = self.files[writer.name]
             for line in writer.lines(record):
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+                f.write(to_json(line) + "\n")
             f.flush()
             sizes[writer.name] = f.tell()
         self.store.mark_written(sample_id, sizes)
@@ -192,6 +195,74 @@ class _OutputFiles:
         for f in self.files.values():
             f.close()
         self.files.clear()
+
+
+class _Progress:
+    """The progress bar, redrawn at most every ``interval`` seconds (and once at the end)."""
+
+    def __init__(self, console: Console, title: str, total: int, tally: _Tally, show: Sequence[str], enabled: bool):
+        self.tally = tally
+        self.show = list(show)
+        self.interval = PROGRESS_INTERVAL_S
+        self.start = time.monotonic()
+        self._last = 0.0
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"),
+            console=console,
+            disable=not enabled,
+            transient=False,
+        )
+        self.task = self.bar.add_task(title, total=total, completed=tally.done_before, stats="", rate=0.0)
+
+    def _stats(self) -> str:
+        t = self.tally
+        n_done = max(t.done + t.done_before, 1)
+        parts = [
+            f"{name.replace('_', ' ')} {_fmt(t.counters.get(name, 0))} ({t.counters.get(name, 0) / n_done:.0%})"
+            for name in self.show
+        ]
+        parts.append(f"failed {sum(t.failed.values())}")
+        return " · ".join(parts)
+
+    def update(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        t = self.tally
+        finished = t.done + sum(t.failed.values())
+        self.bar.update(
+            self.task,
+            completed=t.done_before + finished,
+            stats=self._stats(),
+            rate=finished / max(now - self.start, 1e-9),
+        )
+
+    def __enter__(self) -> _Progress:
+        self.bar.__enter__()
+        self.update(force=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.update(force=True)
+        self.bar.__exit__(*exc)
+
+
+@dataclass
+class _Tally:
+    """Counts of one run: counters summed over done samples, failure reasons."""
+
+    done_before: int = 0
+    done: int = 0
+    counters: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
 
 
 class Runner:
@@ -228,110 +299,35 @@ class Runner:
             return await self._run(samples, work, outputs)
         finally:
             outputs.close()
+            self.store.flush()
 
     async def _run(self, samples: list[Sample], work: Work, outputs: _OutputFiles) -> RunSummary:
-        pending: list[Sample] = []
-        counters: Counter[str] = Counter()
-        done_before = 0
-        for sample in samples:
-            row = self.store.sample(sample.id)
-            if row is not None and row.input_hash != sample.input_hash:
-                raise ConfigMismatchError(
-                    f"sample {sample.id!r} differs from the one this run directory processed "
-                    "earlier (the input changed); use --new-run or another output directory"
-                )
-            if row is not None and row.status == "done":
-                done_before += 1
-                counters.update(row.counters)
-            else:
-                pending.append(sample)
-
-        failed: Counter[str] = Counter()
-        done = 0
+        tally = _Tally()
+        pending = self._schedule(samples, tally)
         hits0, misses0, usage0 = self.store.hits, self.store.misses, self.store.usage
         start = time.monotonic()
+        progress = _Progress(self.console, self.title, len(samples), tally, self.show_counters, self.progress)
         printed_trace = False
-        queue = iter(pending)
-
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _RateColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[stats]}"),
-            console=self.console,
-            disable=not self.progress,
-            transient=False,
-        )
-        task_id = progress.add_task(self.title, total=len(samples), completed=done_before, stats="", rate=0.0)
-
-        def stats_text() -> str:
-            n_done = max(done + done_before, 1)
-            parts = [
-                f"{name.replace('_', ' ')} {_fmt(counters.get(name, 0))} ({counters.get(name, 0) / n_done:.0%})"
-                for name in self.show_counters
-            ]
-            parts.append(f"failed {sum(failed.values())}")
-            return " · ".join(parts)
 
         async def run_one(sample: Sample) -> None:
-            nonlocal done, printed_trace
-            try:
-                with sample_scope(sample.id):  # sampled calls are cached per sample
-                    outcome = await work(sample)
-            except ModelError as exc:
-                outcome = Outcome(record={"id": sample.id, "error": str(exc)}, failed=exc.reason)
-            except Exception as exc:  # a bug or bad data must not kill the whole run
-                if not printed_trace:
-                    printed_trace = True
-                    self.console.print(f"[red]sample {sample.id} raised:[/red]\n{traceback.format_exc()}")
-                outcome = Outcome(record={"id": sample.id, "error": str(exc)}, failed=type(exc).__name__)
-            sample_counters = dict(outcome.counters)
-            if outcome.usage.calls or outcome.usage.total_tokens:
-                sample_counters["prompt_tokens"] = outcome.usage.prompt_tokens
-                sample_counters["completion_tokens"] = outcome.usage.completion_tokens
-            self.store.finish_sample(
-                sample.id,
-                sample.input_hash,
-                record=outcome.record,
-                failed=outcome.failed,
-                counters=sample_counters,
-            )
-            if outcome.failed:
-                failed[outcome.failed] += 1
-            else:
-                outputs.write(sample.id, outcome.record or {})
-                counters.update(sample_counters)
-                done += 1
-            elapsed = time.monotonic() - start
-            progress.update(
-                task_id, advance=1, stats=stats_text(), rate=(done + sum(failed.values())) / max(elapsed, 1e-9)
-            )
-
-        async def worker() -> None:
-            for sample in queue:  # shared iterator: each worker pulls the next sample when free
-                await run_one(sample)
+            nonlocal printed_trace
+            outcome, trace = await _attempt(sample, work)
+            if trace is not None and not printed_trace:
+                printed_trace = True
+                self.console.print(f"[red]sample {sample.id} raised:[/red]\n{trace}")
+            await self._commit(sample, outcome, outputs, tally)
+            progress.update()
 
         with progress:
-            progress.update(task_id, stats=stats_text())
-            n_workers = min(self.concurrency, len(pending))
-            tasks = [asyncio.create_task(worker()) for _ in range(n_workers)]
-            try:
-                await asyncio.gather(*tasks)
-            finally:  # an error outside a sample (e.g. disk full) stops the other workers too
-                for t in tasks:
-                    t.cancel()
+            await _drive(pending, run_one, self.concurrency)
 
-        summary = RunSummary(
+        return RunSummary(
             title=self.title,
             total=len(samples),
-            done_before=done_before,
-            done=done,
-            failed=dict(failed),
-            counters=dict(counters),
+            done_before=tally.done_before,
+            done=tally.done,
+            failed=dict(tally.failed),
+            counters=dict(tally.counters),
             wall_s=time.monotonic() - start,
             model_calls=self.store.misses - misses0,
             cache_hits=self.store.hits - hits0,
@@ -341,7 +337,77 @@ class Runner:
                 self.store.usage.calls - usage0.calls,
             ),
         )
-        return summary
+
+    def _schedule(self, samples: list[Sample], tally: _Tally) -> list[Sample]:
+        """The samples still to do, in order; done ones are counted into ``tally``. A sample whose
+        input changed since the earlier run is refused."""
+        pending: list[Sample] = []
+        for sample in samples:
+            row = self.store.sample(sample.id)
+            if row is not None and row.input_hash != sample.input_hash:
+                raise ConfigMismatchError(
+                    f"sample {sample.id!r} differs from the one this run directory processed "
+                    "earlier (the input changed); use --new-run or another output directory"
+                )
+            if row is not None and row.status == "done":
+                tally.done_before += 1
+                tally.counters.update(row.counters)
+            else:
+                pending.append(sample)
+        return pending
+
+    async def _commit(self, sample: Sample, outcome: Outcome, outputs: _OutputFiles, tally: _Tally) -> None:
+        """The outcome into the store (committed), then the output lines, then the tally."""
+        sample_counters = dict(outcome.counters)
+        if outcome.usage.calls or outcome.usage.total_tokens:
+            sample_counters["prompt_tokens"] = outcome.usage.prompt_tokens
+            sample_counters["completion_tokens"] = outcome.usage.completion_tokens
+        committed = self.store.finish_sample(
+            sample.id,
+            sample.input_hash,
+            record=outcome.record,
+            failed=outcome.failed,
+            counters=sample_counters,
+            wait=False,
+        )
+        await asyncio.wrap_future(committed)  # the outcome is durable before its lines are written
+        if outcome.failed:
+            tally.failed[outcome.failed] += 1
+        else:
+            outputs.write(sample.id, outcome.record or {})
+            tally.counters.update(sample_counters)
+            tally.done += 1
 
     def print_summary(self, summary: RunSummary) -> None:
         self.console.print(summary.table())
+
+
+async def _attempt(sample: Sample, work: Work) -> tuple[Outcome, str | None]:
+    """Run ``work`` on one sample inside its ``sample_scope``. A ``ModelError`` becomes a failed
+    outcome with its reason; any other exception one with its type name, plus its traceback."""
+    try:
+        with sample_scope(sample.id):
+            return await work(sample), None
+    except ModelError as exc:
+        return Outcome(record={"id": sample.id, "error": str(exc)}, failed=exc.reason), None
+    except Exception as exc:  # a bug or bad data must not kill the whole run
+        trace = traceback.format_exc()
+        return Outcome(record={"id": sample.id, "error": str(exc)}, failed=type(exc).__name__), trace
+
+
+async def _drive(pending: list[Sample], run_one: Callable[[Sample], Awaitable[None]], concurrency: int) -> None:
+    """``run_one`` over ``pending`` with at most ``concurrency`` at once: each worker pulls the
+    next sample when it is free (no waves). An error outside a sample (e.g. disk full) stops
+    the other workers too."""
+    queue = iter(pending)
+
+    async def worker() -> None:
+        for sample in queue:  # shared iterator
+            await run_one(sample)
+
+    tasks = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(pending)))]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()

@@ -9,29 +9,43 @@ One file, ``state.sqlite``, in the run directory (WAL mode: a committed transact
   differ, unless ``new_run=True`` (the old directory is moved aside, never deleted).
 - ``samples``: one row per sample: status (``done`` | ``failed``), failure reason, the result
   record (JSON), whether its output lines are written, attempts, counters.
-- ``calls``: finished LLM calls keyed by ``cai.models.call_key`` (model spec, params, messages;
-  for a sampled call, temperature > 0, also the sample id: see ``sample_scope``).
+- ``calls``: finished LLM calls keyed by ``cai.models.call_key`` (model spec, params, messages).
   ``CachedModel(model, store)`` serves a call from here when it finished before, so a resumed
   or repeated run never pays for the same call twice. ``model_calls`` counts real calls over the
   life of the run (persisted with each insert), so ``model_calls == cached_calls`` holds iff no
   finished call was ever repeated.
+
+Seeding (the one place): inside a ``sample_scope``, a sampled call (temperature > 0) without a
+seed gets ``sample_seed(run seed, sample id, len(messages))``, so the seed is part of the normal
+call key: two samples with the same prompt, and two turns of one sample, draw independently,
+while a rerun of a sample reproduces (and hits the cache of) its own calls. The run seed is the
+``seed`` of the run's config (0 when it has none), or ``CachedModel(..., seed=)``.
+
+Writes are batched: finished calls and "output lines written" marks are held in memory and
+committed in one transaction on the next event-loop tick (immediately outside a loop); a
+sample's outcome (``finish_sample``) commits synchronously together with every call held
+before it. A crash loses at most the calls of the last tick, never a finished sample's record;
+reads, ``close`` and ``flush`` commit what is held first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import fcntl
-import hashlib
 import json
 import os
+import random
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from cai.models.base import ChatModel, Completion, GenParams, Message, ModelWrapper, Usage, call_key
 from cai.redact import scrub
@@ -42,9 +56,8 @@ _SAMPLE: contextvars.ContextVar[str | None] = contextvars.ContextVar("cai_sample
 
 @contextlib.contextmanager
 def sample_scope(sample_id: str) -> Iterator[None]:
-    """Calls made inside belong to this sample (the runner wraps each sample's work in it):
-    a sampled call (temperature > 0) is cached per sample, so two samples with the same prompt
-    get independent answers while a rerun of one sample still hits its cache."""
+    """Calls made inside belong to this sample (the runner wraps each sample's work in it);
+    sampled calls get a per-sample seed from ``CachedModel`` (see the module doc)."""
     token = _SAMPLE.set(sample_id)
     try:
         yield
@@ -52,12 +65,27 @@ def sample_scope(sample_id: str) -> Iterator[None]:
         _SAMPLE.reset(token)
 
 
-def sample_call_key(spec: str, messages: Sequence[Message], params: GenParams) -> str:
-    key = call_key(spec, messages, params)
-    sample = _SAMPLE.get()
-    if params.temperature > 0 and sample is not None:
-        key = hashlib.sha256(f"{key}\0sample={sample}".encode()).hexdigest()
-    return key
+def current_sample() -> str | None:
+    """The id of the sample whose work is running in this task (``sample_scope``), else None."""
+    return _SAMPLE.get()
+
+
+def sample_seed(run_seed: int, sample_id: str, turn: int) -> int:
+    """The seed of a sampled call: stable across processes, distinct per (run seed, sample, turn)."""
+    return random.Random(f"{run_seed}:{sample_id}:{turn}").getrandbits(31)
+
+
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def to_json(data: Any, *, sort_keys: bool = False) -> str:
+    """Compact JSON text (orjson; non-ASCII kept). What orjson refuses (e.g. integers past
+    64 bits) goes through the json module with the same rules."""
+    try:
+        option = _ORJSON_OPTIONS | orjson.OPT_SORT_KEYS if sort_keys else _ORJSON_OPTIONS
+        return orjson.dumps(data, option=option).decode()
+    except TypeError:
+        return json.dumps(data, ensure_ascii=False, sort_keys=sort_keys, separators=(",", ":"))
 
 
 LOCK_NAME = ".lock"
@@ -102,7 +130,7 @@ class SampleRow:
 
 
 def _dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, sort_keys=True)
+    return to_json(data, sort_keys=True)
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -111,6 +139,93 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if _dumps(old.get(key)) != _dumps(new.get(key)):
             lines.append(f"  {key}: {old.get(key)!r} -> {new.get(key)!r}")
     return lines
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    # NORMAL in WAL mode: a commit is durable once write() returns (survives kill -9)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+@dataclass
+class _Batch:
+    """Writes committed together in one transaction."""
+
+    calls: dict[str, str] = field(default_factory=dict)  # call key -> completion JSON
+    written: dict[str, None] = field(default_factory=dict)  # sample ids whose lines are on disk
+    sizes: dict[str, int] = field(default_factory=dict)  # output file sizes after them
+    sample: tuple[Any, ...] | None = None  # a finished sample's row
+    meta: dict[str, str] = field(default_factory=dict)
+    reset_outputs: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.calls or self.written or self.sample or self.meta or self.reset_outputs)
+
+
+def _commit_batch(db: sqlite3.Connection, batch: _Batch) -> None:
+    with db:
+        db.execute("BEGIN")
+        if batch.calls:
+            now = time.time()
+            db.executemany(
+                "INSERT OR REPLACE INTO calls(key, completion, created) VALUES(?, ?, ?)",
+                [(key, text, now) for key, text in batch.calls.items()],
+            )
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES('model_calls', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=CAST(value AS INTEGER)+excluded.value",
+                (len(batch.calls),),
+            )
+        if batch.sample is not None:
+            db.execute(
+                "INSERT INTO samples(id, input_hash, status, reason, record, counters, written, attempts, seq, updated) "
+                "VALUES(?, ?, ?, ?, ?, ?, 0, 1, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "status=excluded.status, reason=excluded.reason, record=excluded.record, "
+                "counters=excluded.counters, written=0, attempts=samples.attempts+1, "
+                "seq=excluded.seq, updated=excluded.updated",
+                batch.sample,
+            )
+        if batch.written:
+            db.executemany("UPDATE samples SET written=1 WHERE id=?", [(i,) for i in batch.written])
+            db.executemany(
+                "INSERT INTO outputs(name, size) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET size=excluded.size",
+                list(batch.sizes.items()),
+            )
+        if batch.meta:
+            db.executemany(
+                "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                list(batch.meta.items()),
+            )
+        if batch.reset_outputs:
+            db.execute("DELETE FROM outputs")
+            db.execute("UPDATE samples SET written=0")
+
+
+def _commit_inline(db: sqlite3.Connection, batch: _Batch) -> concurrent.futures.Future[None]:
+    future: concurrent.futures.Future[None] = concurrent.futures.Future()
+    try:
+        _commit_batch(db, batch)
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(None)
+    return future
+
+
+class _Writer:
+    """One thread with its own connection, committing batches in the order they are sent."""
+
+    def __init__(self, path: Path):
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cai-store-writer")
+        self._db = self._pool.submit(_connect, path).result()
+
+    def submit(self, batch: _Batch) -> concurrent.futures.Future[None]:
+        return self._pool.submit(_commit_batch, self._db, batch)
+
+    def close(self) -> None:
+        self._pool.submit(self._db.close).result()
+        self._pool.shutdown()
 
 
 class RunStore:
@@ -144,15 +259,21 @@ class RunStore:
                 self.moved_to = self._move_aside(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._lock()
-            self._db = sqlite3.connect(self.run_dir / DB_NAME, isolation_level=None)
+            self._db = _connect(self.run_dir / DB_NAME)
             self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a commit is durable once write() returns (survives kill -9)
-            self._db.execute("PRAGMA synchronous=NORMAL")
         if not read_only:
             self._db.executescript(_SCHEMA)
+        # on disk, commits run on a writer thread with its own connection (WAL: readers here
+        # never wait for it), so a slow disk never stalls the event loop
+        self._writer = _Writer(self.run_dir / DB_NAME) if self.run_dir is not None and not read_only else None
         self.hits = 0  # calls served from the cache by this process
         self.misses = 0  # real calls made by this process
         self.usage = Usage()  # tokens of this process's real calls
+        self._held = _Batch()  # writes held until the next commit (see the module doc)
+        self._committing: list[tuple[concurrent.futures.Future[None], _Batch]] = []
+        self._write_error: BaseException | None = None  # a background commit that failed
+        self._commit_scheduled = False
+        self._seq: int | None = None  # the last sample seq, read once (single writer)
         if config is not None:
             try:
                 self._check_config(config)
@@ -174,7 +295,7 @@ class RunStore:
         return target
 
     def _check_config(self, config: dict[str, Any]) -> None:
-        config = json.loads(_dumps(config))  # normalise tuples etc. the way they are stored
+        config = orjson.loads(_dumps(config))  # normalise tuples etc. the way they are stored
         old = self.get_meta("config")
         if old is None:
             self.set_meta("config", config)
@@ -195,36 +316,86 @@ class RunStore:
         return self.get_meta("config") or {}
 
     def get_meta(self, key: str) -> Any:
+        self.flush()
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return orjson.loads(row[0]) if row else None
 
     def set_meta(self, key: str, value: Any) -> None:
-        self._db.execute(
-            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            (key, _dumps(value)),
-        )
+        self._send(_Batch(meta={key: _dumps(value)})).result()
+
+    # -- batched writes -------------------------------------------------------------------
+
+    def _send(self, batch: _Batch) -> concurrent.futures.Future[None]:
+        """Start committing ``batch`` (in order after the batches before it); until it is
+        committed its calls stay visible to ``get_call``."""
+        if self._write_error is not None:
+            raise self._write_error
+        future = self._writer.submit(batch) if self._writer is not None else _commit_inline(self._db, batch)
+        self._committing.append((future, batch))
+        return future
+
+    def _settle(self, wait: bool) -> None:
+        """Forget committed batches (all of them, waiting, when ``wait``); keep the first error."""
+        while self._committing and (wait or self._committing[0][0].done()):
+            future, _ = self._committing.pop(0)
+            try:
+                future.result()
+            except BaseException as exc:
+                self._write_error = self._write_error or exc
+        if wait and self._write_error is not None:
+            raise self._write_error
+
+    def _take_held(self) -> _Batch:
+        batch, self._held = self._held, _Batch()
+        return batch
+
+    def _hold(self) -> None:
+        """Commit what is held on the next loop tick (now, outside a loop)."""
+        if self._commit_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._commit_scheduled = True
+        loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._commit_scheduled = False
+        if self._db is None or self._write_error is not None:
+            return  # closed; or failed: the next finish_sample raises the error
+        if self._held:
+            self._send(self._take_held())
+        self._settle(wait=False)
+
+    def flush(self) -> None:
+        """Commit the held writes and wait until every write so far is committed."""
+        if self._held:
+            self._send(self._take_held())
+        self._settle(wait=True)
 
     # -- LLM call cache -------------------------------------------------------------------
 
     def get_call(self, key: str) -> Completion | None:
-        row = self._db.execute("SELECT completion FROM calls WHERE key=?", (key,)).fetchone()
-        if row is None:
-            return None
-        completion = Completion.from_dict(json.loads(row[0]))
+        text = self._held.calls.get(key)
+        for _, batch in reversed(self._committing):
+            if text is not None:
+                break
+            text = batch.calls.get(key)
+        if text is None:
+            row = self._db.execute("SELECT completion FROM calls WHERE key=?", (key,)).fetchone()
+            if row is None:
+                return None
+            text = row[0]
+        completion = Completion.from_dict(orjson.loads(text))
         completion.cached = True
         return completion
 
     def put_call(self, key: str, completion: Completion) -> None:
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT OR REPLACE INTO calls(key, completion, created) VALUES(?, ?, ?)",
-                (key, _dumps(completion.to_dict()), time.time()),
-            )
-            self._db.execute(
-                "INSERT INTO meta(key, value) VALUES('model_calls', '1') "
-                "ON CONFLICT(key) DO UPDATE SET value=CAST(value AS INTEGER)+1"
-            )
+        """Record a finished call (committed with the next tick's batch)."""
+        self._held.calls[key] = to_json(completion.to_dict())
+        self._hold()
 
     @property
     def model_calls(self) -> int:
@@ -233,11 +404,13 @@ class RunStore:
 
     @property
     def cached_calls(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+        self.flush()
+        return int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
 
     # -- samples --------------------------------------------------------------------------
 
     def sample(self, sample_id: str) -> SampleRow | None:
+        self.flush()
         row = self._db.execute(
             "SELECT id, input_hash, status, reason, record, counters, written, attempts FROM samples WHERE id=?",
             (sample_id,),
@@ -245,6 +418,7 @@ class RunStore:
         return self._row(row) if row else None
 
     def samples(self, status: str | None = None) -> Iterator[SampleRow]:
+        self.flush()
         sql = "SELECT id, input_hash, status, reason, record, counters, written, attempts FROM samples"
         args: tuple[Any, ...] = ()
         if status:
@@ -260,13 +434,14 @@ class RunStore:
             input_hash=row[1],
             status=row[2],
             reason=row[3],
-            record=json.loads(row[4]) if row[4] else None,
-            counters=json.loads(row[5]) if row[5] else {},
+            record=orjson.loads(row[4]) if row[4] else None,
+            counters=orjson.loads(row[5]) if row[5] else {},
             written=bool(row[6]),
             attempts=int(row[7]),
         )
 
     def status_counts(self) -> dict[str, int]:
+        self.flush()
         return dict(self._db.execute("SELECT status, COUNT(*) FROM samples GROUP BY status").fetchall())
 
     def finish_sample(
@@ -277,52 +452,51 @@ class RunStore:
         record: dict[str, Any] | None,
         failed: str | None = None,
         counters: dict[str, float] | None = None,
-    ) -> None:
-        """Record a sample's outcome (``failed`` is the reason, else it is done)."""
+        wait: bool = True,
+    ) -> concurrent.futures.Future[None]:
+        """Record a sample's outcome (``failed`` is the reason, else it is done), committed
+        together with everything held: before this returns, or, with ``wait=False``, when the
+        returned future is done (``await asyncio.wrap_future(...)`` keeps the loop free)."""
+        future = self._send(self._sample_batch(sample_id, input_hash, record, failed, counters))
+        if wait:
+            future.result()
+            self._settle(wait=False)
+        return future
+
+    def _sample_batch(
+        self,
+        sample_id: str,
+        input_hash: str,
+        record: dict[str, Any] | None,
+        failed: str | None,
+        counters: dict[str, float] | None,
+    ) -> _Batch:
         status = "failed" if failed else "done"
-        text = json.dumps(record, ensure_ascii=False) if record is not None else None
+        text = to_json(record) if record is not None else None
         if failed:  # an error message can quote what the upstream echoed (keys, auth headers)
             failed, text = scrub(failed), scrub(text) if text is not None else None
-        with self._db:
-            self._db.execute("BEGIN")
-            seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM samples").fetchone()[0]
-            self._db.execute(
-                "INSERT INTO samples(id, input_hash, status, reason, record, counters, written, attempts, seq, updated) "
-                "VALUES(?, ?, ?, ?, ?, ?, 0, 1, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                "status=excluded.status, reason=excluded.reason, record=excluded.record, "
-                "counters=excluded.counters, written=0, attempts=samples.attempts+1, "
-                "seq=excluded.seq, updated=excluded.updated",
-                (
-                    sample_id,
-                    input_hash,
-                    status,
-                    failed,
-                    text,
-                    _dumps(counters or {}),
-                    seq,
-                    time.time(),
-                ),
-            )
+        if self._seq is None:
+            self._seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM samples").fetchone()[0])
+        self._seq += 1
+        batch = self._take_held()
+        batch.sample = (sample_id, input_hash, status, failed, text, _dumps(counters or {}), self._seq, time.time())
+        return batch
 
     def mark_written(self, sample_id: str, sizes: dict[str, int]) -> None:
-        """The sample's output lines are on disk; files now end at ``sizes`` (one transaction)."""
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute("UPDATE samples SET written=1 WHERE id=?", (sample_id,))
-            self._db.executemany(
-                "INSERT INTO outputs(name, size) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET size=excluded.size",
-                list(sizes.items()),
-            )
+        """The sample's output lines are on disk; files now end at ``sizes`` (committed with the
+        next batch: until then a restart truncates the files and writes the sample again)."""
+        self._held.written[sample_id] = None
+        self._held.sizes.update(sizes)
+        self._hold()
 
     def output_sizes(self) -> dict[str, int]:
+        self.flush()
         return dict(self._db.execute("SELECT name, size FROM outputs").fetchall())
 
     def reset_outputs(self) -> None:
         """Forget what was written (before rebuilding output files from the stored records)."""
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM outputs")
-            self._db.execute("UPDATE samples SET written=0")
+        self._send(_Batch(reset_outputs=True)).result()
+        self._settle(wait=True)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -341,7 +515,13 @@ class RunStore:
 
     def close(self) -> None:
         if self._db is not None:
-            self._db.close()
+            try:
+                self.flush()
+            finally:
+                if self._writer is not None:
+                    self._writer.close()
+                    self._writer = None
+                self._db.close()
             self._db = None  # type: ignore[assignment]
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -358,21 +538,32 @@ class RunStore:
 class CachedModel(ModelWrapper):
     """A ChatModel that serves finished calls from a run store and records new ones.
 
-    The key is ``call_key(model.spec, messages, params)`` (per sample when sampled, see
-    ``sample_scope``). Concurrent identical calls share one request. Only successful, non-empty
-    completions are cached (remote backends raise an empty one as a transient error; a local
-    model's empty answer is returned but a rerun asks again).
-    ``store.hits``/``store.misses``/``store.usage`` count this process's cached and real calls.
+    The key is ``call_key(model.spec, messages, params)``, after a sampled call in a sample
+    scope got its seed (``seed``: the run seed, default the ``seed`` of the store's config, else
+    0; see the module doc). An explicit ``params.seed`` is kept. Concurrent identical calls
+    share one request. Only successful, non-empty completions are cached (remote backends raise
+    an empty one as a transient error; a local model's empty answer is returned but a rerun
+    asks again). ``store.hits``/``store.misses``/``store.usage`` count this process's cached
+    and real calls.
     """
 
-    def __init__(self, model: ChatModel, store: RunStore):
+    def __init__(self, model: ChatModel, store: RunStore, *, seed: int | None = None):
         super().__init__(model)
         self.store = store
+        self.seed = int(seed if seed is not None else store.config.get("seed") or 0)
         self._inflight: dict[str, asyncio.Future[Completion]] = {}
 
+    def seeded(self, messages: Sequence[Message], params: GenParams) -> GenParams:
+        """``params`` with the sample's seed for this turn when the call is sampled and unseeded."""
+        if params.temperature > 0 and params.seed is None:
+            sample = _SAMPLE.get()
+            if sample is not None:
+                return params.replace(seed=sample_seed(self.seed, sample, len(messages)))
+        return params
+
     async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
-        params = params or GenParams()
-        key = sample_call_key(self.spec, messages, params)
+        params = self.seeded(messages, params or GenParams())
+        key = call_key(self.spec, messages, params)
         cached = self.store.get_call(key)
         if cached is not None:
             self.store.hits += 1

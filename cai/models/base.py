@@ -5,14 +5,17 @@ Messages are plain OpenAI-style dicts: ``{"role": "user"|"assistant"|"system", "
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
+import dataclasses
+import functools
 import hashlib
-import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
+
+import orjson
+
+from cai.aio import run_sync
 
 Message = dict[str, str]
 FinishReason = Literal["stop", "length", "error"]
@@ -33,16 +36,17 @@ class GenParams:
     json_schema: str | None = None
 
     def replace(self, **changes: Any) -> GenParams:
-        data = asdict(self)
-        data.update(changes)
-        if isinstance(data.get("stop"), list):
-            data["stop"] = tuple(data["stop"])
-        return GenParams(**data)
+        if isinstance(changes.get("stop"), list):
+            changes["stop"] = tuple(changes["stop"])
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {name: getattr(self, name) for name in _GEN_PARAM_FIELDS}
         data["stop"] = list(self.stop)
         return data
+
+
+_GEN_PARAM_FIELDS = tuple(f.name for f in fields(GenParams))
 
 
 @dataclass
@@ -103,7 +107,9 @@ class Completion:
             "text": self.text,
             "finish_reason": self.finish_reason,
             "usage": self.usage.to_dict(),
-            "logprobs": [asdict(t) for t in self.logprobs] if self.logprobs is not None else None,
+            "logprobs": [{"token": t.token, "logprob": t.logprob, "top": t.top} for t in self.logprobs]
+            if self.logprobs is not None
+            else None,
             "model": self.model,
         }
 
@@ -173,13 +179,8 @@ class ChatModel(ABC):
 
     def chat_sync(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
         """Blocking convenience for scripts and notebooks. Inside a running event loop (Jupyter)
-        the call runs on a helper thread with its own loop."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.chat(messages, params))
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cai-chat-sync") as pool:
-            return pool.submit(asyncio.run, self.chat(messages, params)).result()
+        the call runs on a helper thread with its own loop (``cai.aio.run_sync``)."""
+        return run_sync(self.chat(messages, params))
 
     def count_tokens(self, messages: Sequence[Message]) -> int | None:
         """Prompt length in tokens when the backend can tell cheaply, else None."""
@@ -205,11 +206,24 @@ class ModelWrapper(ChatModel):
         return self.model.count_tokens(messages)
 
 
+def json_default(obj: Any) -> Any:
+    """orjson's ``default=`` for the call path: message Mappings that are not dicts."""
+    if isinstance(obj, Mapping):  # a message given as another Mapping type
+        return dict(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+@functools.lru_cache(maxsize=256)
+def _params_dict(params: GenParams) -> dict[str, Any]:
+    return params.to_dict()  # read only: the same few params objects recur on every call
+
+
 def call_key(spec: str, messages: Sequence[Message], params: GenParams) -> str:
-    """Content hash of one LLM call: the cache key used by run stores."""
-    payload = json.dumps(
-        {"model": spec, "messages": [dict(m) for m in messages], "params": params.to_dict()},
-        sort_keys=True,
-        ensure_ascii=False,
+    """Content hash of one LLM call: the cache key used by run stores. SHA-256 of the
+    key-sorted compact JSON (orjson) of model spec, messages and params."""
+    payload = orjson.dumps(
+        {"model": spec, "messages": messages, "params": _params_dict(params)},
+        option=orjson.OPT_SORT_KEYS,
+        default=json_default,
     )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return hashlib.sha256(payload).hexdigest()

@@ -2,7 +2,7 @@
 
 Credentials come from the provider's usual environment variables (e.g. ``ANTHROPIC_API_KEY``)
 or ``api_key=``; ``base_url=`` (alias ``api_base=``) points at a custom endpoint. LiteLLM's own
-retries are off; the same :class:`~cai.models.policy.CallPolicy` as the openai backend applies.
+retries are off; the same :class:`~cai.models.retry.CallPolicy` as the openai backend applies.
 Parameters a provider does not support (e.g. ``seed``) are dropped rather than failing.
 """
 

@@ -1,38 +1,76 @@
 """``openai:MODEL``: any OpenAI-compatible chat server (vLLM, llama.cpp, Ollama, SGLang, OpenAI).
 
 The base URL comes from ``base_url=`` or ``$OPENAI_BASE_URL`` (default: OpenAI), the key from
-``api_key=`` or ``$OPENAI_API_KEY`` (a local server with a base URL needs none). The SDK's own
-retries are off: :class:`~cai.models.policy.CallPolicy` retries transient errors only.
+``api_key=`` or ``$OPENAI_API_KEY`` (a local server with a base URL needs none).
+
+Requests go straight to ``{base_url}/chat/completions`` over one aiohttp session per event loop
+(bodies in and out through orjson): the openai SDK's request building, httpx layer and response
+models cost several times the CPU of the call itself at 100+ calls in flight. Failures are
+raised as the SDK's own exception types (status errors carry the response, connection errors
+their cause), so :func:`~cai.models.openai_compat.map_error` treats both backends alike. There
+are no transport retries: :class:`~cai.models.retry.CallPolicy` retries transient errors only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import weakref
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import openai
+import orjson
 
-from cai.models.base import PermanentModelError
+from cai.models.base import PermanentModelError, json_default
 from cai.models.openai_compat import RemoteChatModel
 from cai.redact import register_secret
 
+OPENAI_BASE_URL = "https://api.openai.com/v1"
 
-def _http_client(max_connections: int) -> httpx.AsyncClient:
-    """aiohttp's transport (openai's ``DefaultAioHttpClient``, from the httpx-aiohttp package)
-    when installed: at 100+ calls in flight httpx's own pool costs several times more CPU per
-    call. Plain httpx otherwise."""
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    aiohttp_client = getattr(openai, "DefaultAioHttpClient", None)  # openai >= 1.89
-    if aiohttp_client is not None:
-        try:
-            return aiohttp_client(limits=limits)
-        except RuntimeError:  # httpx-aiohttp not installed
-            pass
-    return openai.DefaultAsyncHttpxClient(limits=limits)
+
+def _httpx() -> Any:
+    """The httpx flavour the installed openai SDK builds its errors on (httpx2 from openai 3)."""
+    try:
+        return importlib.import_module("httpx2")
+    except ImportError:
+        return importlib.import_module("httpx")
+
+
+_HTTPX = _httpx()
+
+_STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
+    400: openai.BadRequestError,
+    401: openai.AuthenticationError,
+    403: openai.PermissionDeniedError,
+    404: openai.NotFoundError,
+    409: openai.ConflictError,
+    422: openai.UnprocessableEntityError,
+    429: openai.RateLimitError,
+}
+
+
+def status_error(status: int, headers: Mapping[str, str], content: bytes, url: str) -> openai.APIStatusError:
+    """The openai SDK's exception for an error response, built the way the SDK builds it
+    (``Error code: N - <the error's message>``, ``body`` the error object, ``response`` kept)."""
+    response = _HTTPX.Response(status, headers=dict(headers), content=content, request=_HTTPX.Request("POST", url))
+    message = f"Error code: {status}"
+    body: Any = content.decode("utf-8", "replace").strip()
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        error = body.get("error", body) if isinstance(body, dict) else None
+        detail = error.get("message") if isinstance(error, dict) else None
+        if isinstance(detail, str) and detail:
+            message += f" - {detail}"
+        body = error if error is not None else body
+    cls = _STATUS_ERRORS.get(status, openai.InternalServerError if status >= 500 else openai.APIStatusError)
+    return cls(message, response=response, body=body)
 
 
 class OpenAIChatModel(RemoteChatModel):
@@ -62,42 +100,50 @@ class OpenAIChatModel(RemoteChatModel):
                 "openai: base_url must not hold user:password@ credentials; pass api_key", reason="bad_config"
             )
         register_secret(key)
-        self._api_key = key or "EMPTY"
+        self._url = (self.base_url or OPENAI_BASE_URL).rstrip("/") + "/chat/completions"
+        self._headers = {
+            "Authorization": f"Bearer {key or 'EMPTY'}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
         self.extra_body = extra_body
-        # httpx pools belong to one event loop; keep one client per loop
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = (
+        # aiohttp sessions belong to one event loop; keep one per loop
+        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
             weakref.WeakKeyDictionary()
         )
 
-    def _client(self) -> openai.AsyncOpenAI:
+    def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
             n = self.policy.max_concurrency
-            client = openai.AsyncOpenAI(
-                api_key=self._api_key,
-                base_url=self.base_url,
-                timeout=self.policy.timeout + 5,  # the policy's deadline fires first
-                max_retries=0,
-                http_client=_http_client(n),
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=n, limit_per_host=n),
+                # the policy's deadline fires first; this only bounds a stuck socket
+                timeout=aiohttp.ClientTimeout(total=self.policy.timeout + 5),
+                headers=self._headers,
             )
-            self._clients[loop] = client
-        return client
+            self._sessions[loop] = session
+        return session
 
     async def _create(self, kwargs: dict[str, Any]) -> Any:
-        # The typed ``chat.completions.create`` re-walks every message against the SDK's
-        # TypedDicts and builds pydantic objects: ~10 ms of CPU per call on long critique
-        # conversations, which caps a single event loop near 100 calls/s. Our request body is
-        # already plain JSON, so post it through the same client (auth, pooling, error types)
-        # and read the JSON back as a dict.
         body = {"model": self.model, **kwargs, **(self.extra_body or {})}
-        response = await self._client().post("/chat/completions", body=body, cast_to=httpx.Response)
-        return response.json()
+        data = orjson.dumps(body, default=json_default)
+        try:
+            async with self._session().post(self._url, data=data) as resp:
+                content = await resp.read()
+                if resp.status >= 400:
+                    raise status_error(resp.status, resp.headers, content, self._url)
+        except asyncio.TimeoutError as exc:
+            raise openai.APITimeoutError(request=_HTTPX.Request("POST", self._url)) from exc
+        except aiohttp.ClientError as exc:
+            raise openai.APIConnectionError(message=str(exc), request=_HTTPX.Request("POST", self._url)) from exc
+        return orjson.loads(content)
 
     async def aclose(self) -> None:
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.close()
+        session = self._sessions.pop(asyncio.get_running_loop(), None)
+        if session is not None:
+            await session.close()
 
 
 def load_openai(model: str, **options: Any) -> OpenAIChatModel:

@@ -1,7 +1,7 @@
 """The OpenAI chat-completions wire format, shared by the openai and litellm backends:
 request arguments from GenParams, Completion from a response, typed errors from the openai
 SDK's exceptions (LiteLLM's exceptions subclass them), and :class:`RemoteChatModel`, the
-common ``chat`` of both backends under one :class:`~cai.models.policy.CallPolicy`."""
+common ``chat`` of both backends under one :class:`~cai.models.retry.CallPolicy`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from cai.models.base import (
     TransientModelError,
     Usage,
 )
-from cai.models.policy import CallPolicy, RetryConfig
+from cai.models.retry import CallPolicy, RetryConfig
 from cai.redact import scrub
 
 _CONTEXT_PATTERNS = re.compile(
