@@ -13,6 +13,8 @@ first, then the other); "logprob-unprimed" sends both orders at once. Prints cal
 pairs/s, and the ratio (target: log-prob >= 5x the pairs/s of free-text).
 
     python bench/judges.py [--pairs 16] [--base-url http://127.0.0.1:PORT/v1 --model NAME --offset 300]
+
+``rows(quick)`` gives the throughput ratio to ``bench/run_all.py``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # run as a script, this file's folder comes first on sys.path and "judges" would be this file;
-# the repository root goes there instead (for tests.vllm_server)
+# the repository root goes there instead
 ROOT = Path(__file__).resolve().parents[1]
 sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
@@ -33,6 +36,7 @@ from judges.data import read_candidate_sets  # noqa: E402
 from judges.pairwise import LLMPairwiseJudge  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data" / "hh_rlhf_harmless_test_dev.jsonl"
+TARGET = 5.0  # log-prob pairs/s over free-text pairs/s
 
 
 async def run_path(judge: LLMPairwiseJudge, pairs, concurrency: int) -> dict[str, float]:
@@ -54,7 +58,8 @@ async def run_path(judge: LLMPairwiseJudge, pairs, concurrency: int) -> dict[str
     }
 
 
-async def bench(args: argparse.Namespace, base_url: str) -> None:
+async def bench(args: argparse.Namespace, base_url: str) -> dict[str, dict[str, dict[str, float]]]:
+    """{"throughput": {path: figures}, "latency": {path: figures}} (see ``run_path``)."""
     model = load_model(f"openai:{args.model}", base_url=base_url, api_key="none", max_concurrency=args.concurrency)
     sets, _ = read_candidate_sets(args.data, limit=args.offset + 3 * args.pairs + 4 + 2 * args.latency_pairs)
     sets = sets[args.offset :]
@@ -75,6 +80,11 @@ async def bench(args: argparse.Namespace, base_url: str) -> None:
         "free-text": await run_path(free_text, latency_sets[1::2], 1),
     }
     await model.aclose()
+    return {"throughput": results, "latency": latency}
+
+
+def print_results(args: argparse.Namespace, measured: dict[str, dict[str, dict[str, float]]]) -> None:
+    results, latency = measured["throughput"], measured["latency"]
     keys = [
         "pairs",
         "calls_per_pair",
@@ -94,7 +104,7 @@ async def bench(args: argparse.Namespace, base_url: str) -> None:
     lp, ft = results["logprob"], results["free-text"]
     ratio = lp["pairs_per_s"] / ft["pairs_per_s"]
     print(
-        f"\nthroughput (concurrency {args.concurrency}): pairs/s ratio logprob / free-text: {ratio:.1f}x (target >= 5x); "
+        f"\nthroughput (concurrency {args.concurrency}): pairs/s ratio logprob / free-text: {ratio:.1f}x (target >= {TARGET:g}x); "
         f"completion tokens per pair: {lp['completion_tokens_per_pair']:.0f} vs {ft['completion_tokens_per_pair']:.0f}"
     )
     if latency["logprob"]["pairs"] and latency["free-text"]["pairs"]:
@@ -105,7 +115,41 @@ async def bench(args: argparse.Namespace, base_url: str) -> None:
         )
 
 
-def main() -> None:
+def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
+    """``bench`` against ``args.base_url``, or a vLLM server started here for the run."""
+    if args.base_url is not None:
+        return asyncio.run(bench(args, args.base_url))
+    from cai.models.hf import export_embedded
+    from cai.testing.vllm_server import VLLMServer
+
+    t0 = time.monotonic()
+    server = VLLMServer(export_embedded(), max_model_len=args.max_model_len, kv_cache_gib=2, start_timeout=900).start()
+    print(f"vLLM up at {server.base_url} in {time.monotonic() - t0:.0f} s (log {server.log_path})")
+    try:
+        return asyncio.run(bench(args, server.base_url))
+    finally:
+        server.stop()
+
+
+def rows(quick: bool = False) -> list[dict[str, Any]]:
+    """The log-prob vs free-text throughput row for ``bench/run_all.py`` (4 pairs a path when
+    quick, 16 else), against a vLLM server started here."""
+    args = parser().parse_args(["--pairs", "4", "--latency-pairs", "1"] if quick else [])
+    results = measure(args)["throughput"]
+    lp, ft = results["logprob"], results["free-text"]
+    ratio = lp["pairs_per_s"] / ft["pairs_per_s"]
+    return [
+        {
+            "metric": f"judges: log-prob / free-text pairs/s, {lp['pairs']:.0f} pairs, concurrency {args.concurrency}",
+            "measured": f"{lp['pairs_per_s']:.2f} vs {ft['pairs_per_s']:.2f} pairs/s",
+            "target": f">= {TARGET:g}x",
+            "ratio": ratio,
+            "ok": ratio >= TARGET,
+        }
+    ]
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=16, help="pairs per path")
     parser.add_argument("--concurrency", type=int, default=16)
@@ -122,24 +166,12 @@ def main() -> None:
     parser.add_argument("--base-url", default=None, help="use a running server instead of starting one")
     parser.add_argument("--model", default="embedded", help="served model name")
     parser.add_argument("--max-model-len", type=int, default=4096)
-    args = parser.parse_args()
-    server = None
-    base_url = args.base_url
-    if base_url is None:
-        from cai.models.hf import export_embedded
-        from tests.vllm_server import VLLMServer
+    return parser
 
-        t0 = time.monotonic()
-        server = VLLMServer(
-            export_embedded(), max_model_len=args.max_model_len, kv_cache_gib=2, start_timeout=900
-        ).start()
-        base_url = server.base_url
-        print(f"vLLM up at {base_url} in {time.monotonic() - t0:.0f} s (log {server.log_path})")
-    try:
-        asyncio.run(bench(args, base_url))
-    finally:
-        if server is not None:
-            server.stop()
+
+def main() -> None:
+    args = parser().parse_args()
+    print_results(args, measure(args))
 
 
 if __name__ == "__main__":
