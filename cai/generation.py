@@ -13,7 +13,6 @@ samples finished by an earlier run in the same directory and failed ones
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from cai.aio import run_sync
 from cai.constitution import Constitution, Sampling, load_constitution
 from cai.inputs import InputError, OnBadLine, PromptRecord, read_prompts
 from cai.jobs import Job, JobContext, run_job
-from cai.models.base import ChatModel, Completion, GenParams, Message, ModelWrapper
+from cai.models.base import ChatModel, GenParams, Message
 from cai.outputs import generate_writers, pair_kept
 from cai.quality import QualityGates
 from cai.records import Trace
@@ -35,7 +34,7 @@ from cai.store import SampleRow
 if TYPE_CHECKING:
     from judges.base import Judge
 
-__all__ = ["GenerateResult", "PromptsLike", "SampleSeeded", "agenerate", "agenerate_run", "generate", "run_config"]
+__all__ = ["GenerateResult", "PromptsLike", "agenerate", "agenerate_run", "generate", "run_config"]
 
 PromptsLike = str | Path | Sequence[str | Sequence[Message] | PromptRecord]
 # model options that are part of a run's identity: never api keys, never scale-out settings
@@ -109,24 +108,6 @@ def _to_records(
     return records, []
 
 
-class SampleSeeded(ModelWrapper):
-    """Sampled calls of one sample get a seed from (run seed, sample id, conversation length):
-    a rerun reproduces them (the seed is part of each call's cache key, so they hit the cache),
-    while two samples of the same prompt, and the calls of one sample, stay independent. One
-    seed for every call of a sample draws the same random numbers each time, and the 135M
-    model's revisions then came out as copies of its critiques. An explicit seed is kept."""
-
-    def __init__(self, model: ChatModel, seed: int, sample_id: str):
-        super().__init__(model)
-        self.key = f"{seed}:{sample_id}"
-
-    async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
-        params = params or GenParams()
-        if params.temperature > 0 and params.seed is None:
-            params = params.replace(seed=random.Random(f"{self.key}:{len(messages)}").getrandbits(31))
-        return await self.model.chat(messages, params)
-
-
 def _work(
     model: ChatModel,
     constitution: Constitution,
@@ -145,7 +126,7 @@ def _work(
 
     async def work(sample: Sample) -> Outcome:
         trace = await revise(
-            SampleSeeded(model, seed, sample.id),
+            model,  # CachedModel: sampled calls get the sample's seed for each turn
             sample.data,
             constitution,
             revisions=revisions,
