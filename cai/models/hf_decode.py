@@ -1,14 +1,17 @@
 """One batched decoding loop for transformers causal LMs.
 
-Prompts of different lengths are left-padded into one batch and decoded step by step with a
-KV cache. Each row keeps its own sampling settings (greedy or temperature/top-p with its own
-seeded generator), max_tokens and stop strings; finished rows are dropped from the batch so
-short requests do not pay for long ones. Log-probs are those of the model's distribution
-(temperature 1), like OpenAI and vLLM report them.
+Each prompt is prefilled on its own, from the longest prefix found in an optional
+:class:`~cai.models.prefix_cache.PrefixCache` (only the tokens after it are computed), and the
+rows are then decoded together: their key/value states are left-padded into one batch cache.
+Each row keeps its own sampling settings (greedy or temperature/top-p with its own seeded
+generator), max_tokens and stop strings; finished rows leave the batch (and store their
+states in the prefix cache) so short requests do not pay for long ones. Log-probs are those
+of the model's distribution (temperature 1), like OpenAI and vLLM report them.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +19,10 @@ from typing import Any
 import torch
 
 from cai.models.base import Completion, FinishReason, GenParams, TokenLogprob, Usage
+from cai.models.prefix_cache import PrefixCache
+
+# per layer: (keys, values), each [1, kv_heads, tokens, head_dim]
+LayerStates = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -27,14 +34,51 @@ class DecodeRequest:
 
 
 @dataclass
+class DecodeStats:
+    """Prompt tokens sent by callers vs computed by the model (the rest came from the prefix cache)."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    computed_tokens: int = 0
+    hits: int = 0  # calls that reused a cached prefix
+    prefill_s: float = 0.0  # seconds computing prompts
+    decode_s: float = 0.0  # seconds in batched decode steps
+    decode_steps: int = 0
+    decode_rows: int = 0  # rows summed over decode steps (/ steps: the mean batch size)
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.prompt_tokens - self.computed_tokens
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "computed_tokens": self.computed_tokens,
+            "cached_tokens": self.cached_tokens,
+            "hits": self.hits,
+            "prefill_s": round(self.prefill_s, 3),
+            "decode_s": round(self.decode_s, 3),
+            "decode_steps": self.decode_steps,
+            "decode_rows": self.decode_rows,
+        }
+
+
+@dataclass
 class _Row:
     req: DecodeRequest
     generator: torch.Generator | None
+    key: Any = None  # the caller's handle for this request
+    sampled: list[int] = field(default_factory=list)  # every token picked, EOS included
     tokens: list[int] = field(default_factory=list)  # generated, without the final EOS
-    generated: int = 0  # tokens the model produced, EOS included (what usage counts)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish: FinishReason | None = None
     stop_at: int | None = None  # char offset of a matched stop string
+
+    @property
+    def fed(self) -> list[int]:
+        """The tokens whose states the model has computed (the last pick is not fed yet)."""
+        return self.req.input_ids + self.sampled[:-1]
 
 
 def _pick_token(logits: torch.Tensor, params: GenParams, generator: torch.Generator | None) -> int:
@@ -49,13 +93,124 @@ def _pick_token(logits: torch.Tensor, params: GenParams, generator: torch.Genera
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def states_nbytes(states: LayerStates) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in states)
+
+
+class _Batch:
+    """The rows being decoded together: one left-padded cache (each row's states right-aligned),
+    its attention mask and each row's next position. Rows join and leave between steps."""
+
+    def __init__(self, config: Any, device: Any):
+        self.config = config
+        self.device = device
+        self._clear()
+
+    def _clear(self) -> None:
+        self.rows: list[_Row] = []
+        self.lengths: list[int] = []  # states per row
+        self.cache: Any = None
+        self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
+        self.positions = torch.zeros((0,), dtype=torch.long, device=self.device)
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
+    def add(self, rows: list[_Row], states: list[LayerStates]) -> None:
+        """Join rows whose prompts were prefilled (``states``: one per row)."""
+        lengths = [int(s[0][0].shape[-2]) for s in states]
+        width = max(self.width, *lengths)
+        layers = []
+        for layer in range(len(states[0])):
+            k0 = states[0][layer][0]
+            keys = k0.new_zeros((len(rows), k0.shape[1], width, k0.shape[3]))
+            values = torch.zeros_like(keys)
+            for i, row_states in enumerate(states):
+                k, v = row_states[layer]
+                keys[i, :, width - k.shape[-2] :] = k[0]
+                values[i, :, width - v.shape[-2] :] = v[0]
+            if self.rows:
+                old = self.cache.layers[layer]
+                grow = width - self.width
+                keys = torch.cat([torch.nn.functional.pad(old.keys, (0, 0, grow, 0)), keys])
+                values = torch.cat([torch.nn.functional.pad(old.values, (0, 0, grow, 0)), values])
+            layers.append((keys, values))
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
+        for i, n in enumerate(lengths):
+            mask[i, width - n :] = 1
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(ddp_cache_data=layers, config=self.config)
+        self.mask = torch.cat([torch.nn.functional.pad(self.mask, (width - self.width, 0)), mask])
+        self.positions = torch.cat([self.positions, torch.tensor(lengths, dtype=torch.long, device=self.device)])
+        self.rows += rows
+        self.lengths += lengths
+
+    def row_states(self, i: int) -> LayerStates:
+        """A copy of row ``i``'s states (a view would keep the whole batch cache alive)."""
+        n = self.lengths[i]
+        return [
+            (layer.keys[i : i + 1, :, -n:].clone(), layer.values[i : i + 1, :, -n:].clone())
+            for layer in self.cache.layers
+        ]
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only these rows, and drop the columns that are padding for all of them."""
+        if not indices:
+            self._clear()
+            return
+        index = torch.tensor(indices, device=self.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.positions = self.mask[index], self.positions[index]
+        self.rows = [self.rows[i] for i in indices]
+        self.lengths = [self.lengths[i] for i in indices]
+        unused = self.width - max(self.lengths)
+        if unused > 0:
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+            self.mask = self.mask[:, unused:]
+
+    def step(self, model: Any) -> torch.Tensor:
+        """Feed each row its last picked token; the next-token logits, [rows, vocab] on the CPU."""
+        tokens = [row.sampled[-1] for row in self.rows]
+        step_input = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        out = model(
+            input_ids=step_input,
+            attention_mask=self.mask,
+            position_ids=self.positions[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.positions = self.positions + 1
+        self.lengths = [n + 1 for n in self.lengths]
+        return out.logits[:, -1, :].float().cpu()
+
+
 class BatchDecoder:
-    def __init__(self, model: Any, tokenizer: Any, eos_ids: set[int], pad_id: int):
+    """Decodes batches of requests. With ``prefix_cache`` (used from one thread at a time),
+    prompts reuse the states of the longest cached prefix and every finished call stores its
+    own (prompt + answer) for the next one; ``stats`` counts the prompt tokens computed."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        eos_ids: set[int],
+        pad_id: int,
+        prefix_cache: PrefixCache[LayerStates] | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.pad_id = pad_id
+        self.prefix_cache = prefix_cache
+        self.stats = DecodeStats()
         self._piece_cache: dict[int, str] = {}
+        self._batch = _Batch(model.config, model.device)
+        self._done: list[_Row] = []  # finished at admission, returned by the next step
 
     def _piece(self, token_id: int) -> str:
         piece = self._piece_cache.get(token_id)
@@ -69,7 +224,7 @@ class BatchDecoder:
 
     def _record(self, row: _Row, token: int, logp: torch.Tensor | None) -> None:
         params = row.req.params
-        row.generated += 1
+        row.sampled.append(token)
         if params.logprobs and logp is not None:
             top: dict[str, float] = {}
             if params.top_logprobs > 0:
@@ -87,8 +242,20 @@ class BatchDecoder:
             if hits:
                 row.finish, row.stop_at = "stop", min(hits)
                 return
-        if row.generated >= row.req.max_new_tokens:
+        if len(row.sampled) >= row.req.max_new_tokens:
             row.finish = "length"
+
+    def _pick_all(self, rows: Sequence[_Row], logits: torch.Tensor) -> list[int]:
+        """Pick and record the next token of each row (``logits``: [rows, vocab])."""
+        greedy = torch.argmax(logits, dim=-1).tolist()
+        logp = torch.log_softmax(logits, dim=-1) if any(r.req.params.logprobs for r in rows) else None
+        picked = []
+        for j, row in enumerate(rows):
+            params = row.req.params
+            token = greedy[j] if params.temperature <= 0 else _pick_token(logits[j], params, row.generator)
+            self._record(row, token, logp[j] if logp is not None else None)
+            picked.append(token)
+        return picked
 
     def _completion(self, row: _Row) -> Completion:
         text = self._text(row.tokens)
@@ -97,61 +264,100 @@ class BatchDecoder:
         return Completion(
             text=text,
             finish_reason=row.finish or "length",
-            usage=Usage(len(row.req.input_ids), row.generated, 1),
+            usage=Usage(len(row.req.input_ids), len(row.sampled), 1),
             logprobs=row.logprobs if row.req.params.logprobs else None,
             model=row.req.model_name,
         )
 
-    @torch.inference_mode()
-    def run(self, requests: Sequence[DecodeRequest]) -> list[Completion]:
+    def _cached_prefix(self, ids: list[int]) -> tuple[int, Any]:
+        """(length, cache holding that many tokens of ``ids``); at least one token is left to compute."""
         from transformers import DynamicCache
 
+        config = self.model.config
+        match = self.prefix_cache.lookup(ids) if self.prefix_cache is not None else None
+        reuse = min(match.length, len(ids) - 1) if match is not None else 0
+        if match is None or reuse <= 0:
+            return 0, DynamicCache(config=config)
+        states = [(k[:, :, :reuse], v[:, :, :reuse]) for k, v in match.payload]
+        return reuse, DynamicCache(ddp_cache_data=states, config=config)
+
+    def _prefill(self, row: _Row) -> tuple[LayerStates, torch.Tensor]:
+        """The row's prompt states and its next-token logits [vocab]."""
+        start = time.perf_counter()
+        ids = row.req.input_ids
+        reuse, cache = self._cached_prefix(ids)
         device = self.model.device
+        out = self.model(
+            input_ids=torch.tensor([ids[reuse:]], dtype=torch.long, device=device),
+            position_ids=torch.arange(reuse, len(ids), device=device)[None],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        states = [(layer.keys, layer.values) for layer in cache.layers]
+        self.stats.calls += 1
+        self.stats.prompt_tokens += len(ids)
+        self.stats.computed_tokens += len(ids) - reuse
+        self.stats.hits += reuse > 0
+        self._store(ids, states)
+        logits = out.logits[0, -1, :].float().cpu()
+        self.stats.prefill_s += time.perf_counter() - start
+        return states, logits
+
+    def _store(self, ids: list[int], states: LayerStates) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.store(ids, states, states_nbytes(states))
+
+    @property
+    def active(self) -> int:
+        """Requests admitted and not yet returned by ``step``."""
+        return len(self._batch.rows) + len(self._done)
+
+    @torch.inference_mode()
+    def admit(self, items: Sequence[tuple[Any, DecodeRequest]]) -> None:
+        """Prefill these requests (``(key, request)``) and add them to the running batch."""
         rows = [
-            _Row(r, torch.Generator().manual_seed(r.params.seed) if r.params.seed is not None else None)
-            for r in requests
+            _Row(req, torch.Generator().manual_seed(req.params.seed) if req.params.seed is not None else None, key)
+            for key, req in items
         ]
-        width = max(len(r.input_ids) for r in requests)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(requests):
-            input_ids[i, width - len(r.input_ids) :] = torch.tensor(r.input_ids)
-            mask[i, width - len(r.input_ids) :] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
-        active = list(range(len(rows)))
-        step_input = input_ids
-        while True:
-            out = self.model(
-                input_ids=step_input,
-                attention_mask=mask,
-                position_ids=positions[:, -step_input.shape[1] :],
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            logits = out.logits[:, -1, :].float().cpu()
-            greedy = torch.argmax(logits, dim=-1).tolist()
-            want_logprobs = [rows[i].req.params.logprobs for i in active]
-            logp = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
-            next_tokens = []
-            for j, i in enumerate(active):
-                row = rows[i]
-                params = row.req.params
-                token = greedy[j] if params.temperature <= 0 else _pick_token(logits[j], params, row.generator)
-                self._record(row, token, logp[j] if logp is not None else None)
-                next_tokens.append(token)
-            keep = [j for j, i in enumerate(active) if rows[i].finish is None]
-            if not keep:
-                break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, positions = mask[index], positions[index]
-                active = [active[j] for j in keep]
-                next_tokens = [next_tokens[j] for j in keep]
-            step_input = torch.tensor(next_tokens, dtype=torch.long, device=device)[:, None]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-        return [self._completion(row) for row in rows]
+        prefilled = [self._prefill(row) for row in rows]
+        self._pick_all(rows, torch.stack([logits for _, logits in prefilled]))
+        self._done += [row for row in rows if row.finish is not None]
+        going = [i for i, row in enumerate(rows) if row.finish is None]
+        if going:
+            self._batch.add([rows[i] for i in going], [prefilled[i][0] for i in going])
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Any, Completion]]:
+        """One decode step of the batch; ``(key, completion)`` of every request that finished."""
+        done, self._done = self._done, []
+        batch = self._batch
+        if batch.rows:
+            start = time.perf_counter()
+            logits = batch.step(self.model)
+            self.stats.decode_s += time.perf_counter() - start
+            self.stats.decode_steps += 1
+            self.stats.decode_rows += len(batch.rows)
+            self._pick_all(batch.rows, logits)
+            keep = [j for j, row in enumerate(batch.rows) if row.finish is None]
+            if len(keep) < len(batch.rows):
+                for j, row in enumerate(batch.rows):
+                    if row.finish is not None:
+                        done.append(row)
+                        if self.prefix_cache is not None:
+                            self._store(row.fed, batch.row_states(j))
+                batch.keep(keep)
+        return [(row.key, self._completion(row)) for row in done]
+
+    def abort(self) -> None:
+        """Forget every admitted request (after an error)."""
+        self._batch = _Batch(self.model.config, self.model.device)
+        self._done = []
+
+    def run(self, requests: Sequence[DecodeRequest]) -> list[Completion]:
+        """Decode these requests together (outside any running batch) and return them in order."""
+        results: dict[int, Completion] = {}
+        self.admit(list(enumerate(requests)))
+        while self.active:
+            results.update(self.step())
+        return [results[i] for i in range(len(requests))]

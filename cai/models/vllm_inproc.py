@@ -18,7 +18,15 @@ import uuid
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-from cai.models.base import Completion, GenParams, Message, PermanentModelError, TokenLogprob, Usage
+from cai.models.base import (
+    Completion,
+    GenParams,
+    Message,
+    PermanentModelError,
+    TokenLogprob,
+    TransientModelError,
+    Usage,
+)
 from cai.models.local import LocalChatModel
 
 T = TypeVar("T")
@@ -118,6 +126,8 @@ class VLLMChatModel(LocalChatModel):
         final = None
         async for output in self.engine.generate({"prompt_token_ids": ids}, sampling, uuid.uuid4().hex):
             final = output
+        if final is None:
+            raise TransientModelError("vLLM returned no output for the request")
         out = final.outputs[0]
         logprobs = None
         if want_logprobs and out.logprobs is not None:

@@ -1,0 +1,148 @@
+"""The embedded model on CPU: the demo workload with the prefix cache off vs on (not a test).
+
+The workload is ``make demo``'s (``cai generate examples/red_team_prompts.jsonl --limit 8
+--revisions 2 --max-tokens 128``), run in this process without a run directory, greedy and
+then sampled (temperature 0.7, seed 0), each with the prefix cache off and on. Reports the
+wall-time ratio (target >= 3x), whether the outputs are identical, and the prompt tokens
+sent vs computed per call, with where the time went (prefill vs decode).
+
+    python bench/embedded.py [--quick] [--limit N] [--max-tokens N] [--threads N]
+
+``rows(quick)`` gives the same results as rows for ``bench/run_all.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see tests/conftest.py
+ROOT = Path(__file__).resolve().parents[1]
+sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+from cai.api import agenerate_run  # noqa: E402
+from cai.models import GenParams  # noqa: E402
+
+PROMPTS = ROOT / "examples" / "red_team_prompts.jsonl"
+TARGET_SPEEDUP = 3.0
+QUICK_LIMIT = 3
+
+
+@dataclass
+class Run:
+    seconds: float
+    outputs: list[str]  # one JSON line per sample: its answers, critiques and revisions
+    stats: dict[str, float]
+
+
+def _sample_text(trace: Any) -> str:
+    return json.dumps(
+        [trace.initial, [(s.critique, s.revision) for s in trace.steps], trace.final, trace.stop_reason],
+        ensure_ascii=False,
+    )
+
+
+async def run_workload(prefix_cache: bool, params: GenParams, limit: int, revisions: int) -> Run:
+    from cai.models.embedded import export_embedded
+    from cai.models.hf import HFChatModel
+
+    model = HFChatModel(export_embedded(), spec="embedded", prefix_cache=prefix_cache)
+    try:
+        start = time.perf_counter()
+        result = await agenerate_run(str(PROMPTS), model=model, revisions=revisions, params=params, limit=limit)
+        seconds = time.perf_counter() - start
+    finally:
+        await model.aclose()
+    return Run(seconds, [_sample_text(t) for t in result.traces], model.stats())
+
+
+def _describe(name: str, run: Run) -> str:
+    s = run.stats
+    calls = max(1, int(s["calls"]))
+    steps = max(1, int(s["decode_steps"]))
+    return (
+        f"  {name:<22} {run.seconds:7.1f} s  calls {int(s['calls'])}  prompt tokens sent {int(s['prompt_tokens'])} "
+        f"({s['prompt_tokens'] / calls:.0f}/call), computed {int(s['computed_tokens'])} "
+        f"({s['computed_tokens'] / calls:.0f}/call), hits {int(s['hits'])}; "
+        f"prefill {s['prefill_s']:.1f} s, decode {s['decode_s']:.1f} s over {int(s['decode_steps'])} steps "
+        f"(mean batch {s['decode_rows'] / steps:.1f})"
+    )
+
+
+def _compare(label: str, off: Run, on: Run) -> list[dict[str, Any]]:
+    ratio = off.seconds / on.seconds
+    same = sum(a == b for a, b in zip(off.outputs, on.outputs))
+    sent, computed = on.stats["prompt_tokens"], on.stats["computed_tokens"]
+    calls = max(1, int(on.stats["calls"]))
+    return [
+        {
+            "metric": f"embedded demo {label}: wall time, prefix cache off / on",
+            "measured": f"{off.seconds:.1f} s / {on.seconds:.1f} s",
+            "target": f">= {TARGET_SPEEDUP:g}x",
+            "ratio": round(ratio, 2),
+            "ok": ratio >= TARGET_SPEEDUP,
+        },
+        {
+            "metric": f"embedded demo {label}: outputs identical, cache off vs on",
+            "measured": f"{same}/{len(off.outputs)} samples",
+            "target": "all",
+            "ratio": round(same / max(1, len(off.outputs)), 2),
+            "ok": same == len(off.outputs),
+        },
+        {
+            "metric": f"embedded demo {label}: prompt tokens computed / sent per call (cache on)",
+            "measured": f"{computed / calls:.0f} / {sent / calls:.0f}",
+            "target": "reported",
+            "ratio": round(computed / max(1, sent), 3),
+            "ok": True,
+        },
+    ]
+
+
+def rows(quick: bool = False, *, limit: int | None = None, max_tokens: int = 128, revisions: int = 2) -> list[dict]:
+    """Rows (metric, measured, target, ratio, ok) for the greedy and the sampled workload."""
+    limit = limit or (QUICK_LIMIT if quick else 8)
+    workloads = {
+        "greedy": GenParams(max_tokens=max_tokens),
+        "T=0.7 seed 0": GenParams(max_tokens=max_tokens, temperature=0.7, seed=0),
+    }
+    out: list[dict] = []
+    for label, params in workloads.items():
+        off = asyncio.run(run_workload(False, params, limit, revisions))
+        on = asyncio.run(run_workload(True, params, limit, revisions))
+        print(f"{label}, {limit} prompts x {revisions} revisions, max {max_tokens} tokens:", flush=True)
+        print(_describe("prefix cache off", off), flush=True)
+        print(_describe("prefix cache on", on), flush=True)
+        out += _compare(label, off, on)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_LIMIT} prompts instead of 8")
+    parser.add_argument("--limit", type=int, default=None, help="prompts (default 8, or 3 with --quick)")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--revisions", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}", flush=True)
+    results = rows(args.quick, limit=args.limit, max_tokens=args.max_tokens, revisions=args.revisions)
+    print(f"\n{'metric':<75} {'measured':>22} {'target':>9} {'ratio':>7}  ok")
+    for r in results:
+        print(f"{r['metric']:<75} {r['measured']:>22} {r['target']:>9} {r['ratio']:>7}  {'yes' if r['ok'] else 'NO'}")
+    print(f"load average {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
