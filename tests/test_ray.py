@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -103,6 +104,12 @@ def test_pool_options_are_checked_before_any_cluster_starts() -> None:
         load_model("openai:m", base_urls=["http://a/v1", "http://b/v1"], replicas=3)
     with pytest.raises(ModelSpecError, match="no backend"):
         load_model("gpt-4o", replicas=2)
+    assert not ray.is_initialized()
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(ModelSpecError, match=f"--ray 127.0.0.1:{port}: no Ray cluster answers there"):
+        load_model(REPLY, ray=f"127.0.0.1:{port}", replicas=1)
     assert not ray.is_initialized()
 
 
@@ -248,6 +255,22 @@ def test_replica_killed_then_driver_killed_then_rerun_is_exactly_once(cluster: S
     for name in ("sft.jsonl", "preferences.jsonl"):
         assert _sorted_lines(run / name) == _sorted_lines(reference / name)
     assert _model_calls(run) == _model_calls(reference) == (total, total)  # no stored call repeated
+
+
+@pytest.mark.slow
+def test_eval_on_a_local_cluster_started_by_the_command(tmp_path: Path) -> None:
+    """``--replicas`` alone: the command starts Ray in its own process, and stops it."""
+    prompts = tmp_path / "eval.jsonl"
+    rows = [{"prompt": f"Tell me about topic {i}.", "label": "safe" if i % 2 else "unsafe"} for i in range(4)]
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    command = [*CAI, "eval", "safety", "--model", REPLY, "--judge", "rules:refusal", "--prompts", str(prompts)]
+    command += ["--out", str(tmp_path / "run"), "--replicas", "2", "--json", str(tmp_path / "m.json")]
+    result = subprocess.run(command, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    table = result.stderr[result.stderr.index(f"{REPLY}: replicas") :]
+    served = [int(line.split()[3]) for line in table.splitlines() if line.split()[1:2] in (["0"], ["1"])]
+    assert len(served) == 2 and sum(served) == _model_calls(tmp_path / "run")[0] == 4, table
+    assert json.loads((tmp_path / "m.json").read_text())
 
 
 @pytest.mark.slow

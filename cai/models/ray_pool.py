@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -92,18 +93,30 @@ def _import_ray() -> Any:
 
 def _connect(ray: Any, address: str) -> bool:
     """Join the cluster at ``address`` ("local": start one in this process, "auto": the one
-    ``ray start`` runs on this node, else host:port or ray://host:port). True when this call
+    ``ray start`` runs on this node, else HOST:PORT or ray://HOST:PORT). True when this call
     started Ray here, so the pool shuts it down again. A process that already runs Ray keeps
     its cluster (Ray allows one per process)."""
     if ray.is_initialized():
         return False
     import logging
 
-    ray.init(
-        address=address or "local",
-        include_dashboard=False if address in ("", "local") else None,
-        logging_level=logging.WARNING,
-    )
+    address = address or "local"
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if port.isdigit():  # Ray itself retries an unreachable address for minutes
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except OSError as exc:
+            raise ModelSpecError(
+                f"--ray {address}: no Ray cluster answers there ({exc}); start one with `ray start --head`"
+            ) from None
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False if address == "local" else None,
+            logging_level=logging.WARNING,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ModelSpecError(f"--ray {address}: cannot join a Ray cluster: {exc}") from None
     return True
 
 
