@@ -7,17 +7,12 @@ from typing import Any
 
 import httpx
 
+from cai.errors import RewardServerError
 from cai.models.base import TransientModelError
 from cai.models.openai_compat import _retry_after
-from cai.models.policy import RetryConfig, backoff_delay
+from cai.models.retry import RetryConfig, backoff_delay
 
 RETRIED = frozenset({429, 500, 502, 503, 504})
-
-
-class RewardServerError(RuntimeError):
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
 
 
 class RemoteReward:

@@ -11,7 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cai.yamlfile import InputFileError, YamlFile
+from cai.errors import ConfigError
+from cai.yamlfile import YamlFile
 
 ENV_PREFIX = "CAI_SERVE_"
 ROUTES = ("chat", "models", "judge", "reward", "metrics")
@@ -101,10 +102,6 @@ class ServeConfig(_Strict):
                 "CAI_SERVE_AUTH__KEYS), or auth.allow_unauthenticated: true"
             )
         return self
-
-
-class ConfigError(InputFileError):
-    """A serve config (file, environment or flag) that cannot be used."""
 
 
 def _line(source: YamlFile | None, loc: tuple[str, ...]) -> int | None:
