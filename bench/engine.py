@@ -41,7 +41,7 @@ from cai.revise import (  # noqa: E402
     revise,
     says_no_revision_needed,
 )
-from tests.stub_openai_server import StubOpenAIServer  # noqa: E402
+from cai.testing.stub_openai_server import StubOpenAIServer  # noqa: E402
 
 HH = ROOT.parent / "shared" / "data" / "hh_rlhf_harmless_test_dev.jsonl"
 EXAMPLES = ROOT / "examples" / "red_team_prompts.jsonl"

@@ -342,16 +342,17 @@ class Runner:
         """The samples still to do, in order; done ones are counted into ``tally``. A sample whose
         input changed since the earlier run is refused."""
         pending: list[Sample] = []
+        states = self.store.sample_states()
         for sample in samples:
-            row = self.store.sample(sample.id)
-            if row is not None and row.input_hash != sample.input_hash:
+            state = states.get(sample.id)
+            if state is not None and state[0] != sample.input_hash:
                 raise ConfigMismatchError(
                     f"sample {sample.id!r} differs from the one this run directory processed "
                     "earlier (the input changed); use --new-run or another output directory"
                 )
-            if row is not None and row.status == "done":
+            if state is not None and state[1] == "done":
                 tally.done_before += 1
-                tally.counters.update(row.counters)
+                tally.counters.update(state[2])
             else:
                 pending.append(sample)
         return pending

@@ -47,6 +47,7 @@ from typing import Any
 
 import orjson
 
+from cai.errors import ConfigMismatchError, RunLockedError
 from cai.models.base import ChatModel, Completion, GenParams, Message, ModelWrapper, Usage, call_key
 from cai.redact import scrub
 
@@ -107,14 +108,6 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, completion TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS outputs (name TEXT PRIMARY KEY, size INTEGER NOT NULL);
 """
-
-
-class ConfigMismatchError(ValueError):
-    """The run directory holds a run with a different config."""
-
-
-class RunLockedError(RuntimeError):
-    """Another process is running in this run directory."""
 
 
 @dataclass
@@ -426,6 +419,12 @@ class RunStore:
             args = (status,)
         for row in self._db.execute(sql + " ORDER BY seq, id", args).fetchall():
             yield self._row(row)
+
+    def sample_states(self) -> dict[str, tuple[str, str, dict[str, float]]]:
+        """Every sample's (input hash, status, counters), in one query (no records decoded)."""
+        self.flush()
+        rows = self._db.execute("SELECT id, input_hash, status, counters FROM samples").fetchall()
+        return {r[0]: (r[1], r[2], orjson.loads(r[3]) if r[3] else {}) for r in rows}
 
     @staticmethod
     def _row(row: Sequence[Any]) -> SampleRow:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -223,3 +224,103 @@ def test_kill_9_then_resume_exactly_once(tmp_path):
     with RunStore(run_dir) as store:
         assert store.cached_calls == 600
         assert store.model_calls == 600  # no finished call was made twice
+
+
+# --- seeding, batched commits, sync-over-async -------------------------------------------
+
+
+async def test_sampled_calls_get_per_sample_turn_seeds_in_the_cache_key(tmp_path):
+    from cai.store import current_sample, sample_scope, sample_seed
+
+    store = RunStore(None, {"seed": 7})
+    scripted = ScriptedModel(lambda m, p: f"seed {p.seed}")
+    model = CachedModel(scripted, store)
+    hot, ask = GenParams(temperature=0.8), [{"role": "user", "content": "same prompt"}]
+    assert current_sample() is None
+    with sample_scope("a"):
+        assert current_sample() == "a"
+        a1 = await model.chat(ask, hot)
+        a2 = await model.chat([*ask, {"role": "assistant", "content": "x"}, *ask], hot)  # a later turn
+        fixed = await model.chat(ask, hot.replace(seed=123))  # an explicit seed is kept
+    with sample_scope("b"):
+        b1 = await model.chat(ask, hot)
+    assert [p.seed for _, p in scripted.calls] == [
+        sample_seed(7, "a", 1),
+        sample_seed(7, "a", 3),
+        123,
+        sample_seed(7, "b", 1),
+    ]
+    assert len({a1.text, a2.text, b1.text}) == 3 and fixed.text == "seed 123"
+    with sample_scope("a"):  # the same sample again: its own call, from the cache
+        again = await model.chat(ask, hot)
+    assert again.cached and again.text == a1.text and len(scripted.calls) == 4
+    cold = await model.chat(ask)  # greedy calls are never seeded
+    assert scripted.calls[-1][1].seed is None and not cold.cached
+
+
+async def test_an_outer_seeding_wrapper_gives_the_same_keys(tmp_path):
+    """A wrapper that sets the same seed before CachedModel sees the call (as cai.api's
+    SampleSeeded did) leaves the key as CachedModel makes it: runs stay resumable either way."""
+    import random
+
+    from cai.models import ModelWrapper
+    from cai.store import sample_scope
+
+    class OuterSeed(ModelWrapper):
+        async def chat(self, messages, params=None):
+            params = params or GenParams()
+            if params.temperature > 0 and params.seed is None:
+                params = params.replace(seed=random.Random(f"0:s:{len(messages)}").getrandbits(31))
+            return await self.model.chat(messages, params)
+
+    hot, ask = GenParams(temperature=1.0), [{"role": "user", "content": "q"}]
+    with RunStore(tmp_path, {"seed": 0}) as store:
+        with sample_scope("s"):
+            await OuterSeed(CachedModel(ScriptedModel(lambda m, p: "first"), store)).chat(ask, hot)
+    with RunStore(tmp_path, {"seed": 0}) as store:
+        with sample_scope("s"):
+            again = await CachedModel(ScriptedModel(lambda m, p: "second"), store).chat(ask, hot)
+    assert again.cached and again.text == "first"
+
+
+async def test_calls_are_committed_per_tick_and_with_each_finished_sample(tmp_path):
+    from cai.models.base import call_key
+
+    store = RunStore(tmp_path, {})
+    model = CachedModel(ScriptedModel(lambda m, p: "hi"), store)
+    reader = RunStore(tmp_path, read_only=True)
+    await model.chat([{"role": "user", "content": "a"}])
+    key = call_key("scripted", [{"role": "user", "content": "a"}], GenParams())
+    assert store.get_call(key) is not None  # visible before the commit
+    assert reader.cached_calls == 0  # held, not committed yet
+    await asyncio.sleep(0.05)  # the next tick commits it, on the writer thread
+    assert reader.cached_calls == 1
+    await model.chat([{"role": "user", "content": "b"}])
+    store.finish_sample("s0", "h", record={"id": "s0"})  # commits the held call with the sample
+    assert reader.cached_calls == 2 and reader.model_calls == 2 and reader.status_counts() == {"done": 1}
+    reader.close()
+    store.close()
+
+
+def test_run_sync_and_background_loop():
+    from cai.aio import BackgroundLoop, run_sync
+
+    async def where() -> int:
+        await asyncio.sleep(0)
+        return threading.get_ident()
+
+    assert run_sync(where()) == threading.get_ident()  # no loop running: this thread
+
+    async def inside_a_loop() -> int:
+        return run_sync(where())  # a running loop: a helper thread, never re-entering this loop
+
+    assert asyncio.run(inside_a_loop()) != threading.get_ident()
+    with BackgroundLoop() as bg:
+        first, second = bg.submit(where()), bg.submit(where())
+        assert first == second != threading.get_ident()  # one thread for the object's life
+
+        async def nested() -> int:
+            return bg.submit(where())
+
+        with pytest.raises(RuntimeError, match="own loop"):
+            bg.submit(nested())

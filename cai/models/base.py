@@ -1,6 +1,8 @@
 """The one chat interface every backend implements, and the types that cross it.
 
 Messages are plain OpenAI-style dicts: ``{"role": "user"|"assistant"|"system", "content": str}``.
+The backend errors (``ModelError`` and its subclasses) live in :mod:`cai.errors` and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,25 @@ from typing import Any, Literal
 import orjson
 
 from cai.aio import run_sync
+from cai.errors import ContextLengthError, ModelError, PermanentModelError, TransientModelError
+
+__all__ = [
+    "Capabilities",
+    "ChatModel",
+    "Completion",
+    "ContextLengthError",
+    "FinishReason",
+    "GenParams",
+    "Message",
+    "ModelError",
+    "ModelWrapper",
+    "PermanentModelError",
+    "TokenLogprob",
+    "TransientModelError",
+    "Usage",
+    "call_key",
+    "json_default",
+]
 
 Message = dict[str, str]
 FinishReason = Literal["stop", "length", "error"]
@@ -131,34 +152,6 @@ class Capabilities:
     max_top_logprobs: int = 0
     max_context: int | None = None  # tokens; None when unknown
     structured_output: bool = False
-
-
-class ModelError(Exception):
-    """Base of every error a backend raises. ``reason`` is a short machine-readable tag."""
-
-    reason = "model_error"
-
-    def __init__(self, message: str, *, reason: str | None = None, retry_after: float | None = None):
-        super().__init__(message)
-        if reason:
-            self.reason = reason
-        self.retry_after = retry_after
-
-
-class TransientModelError(ModelError):
-    """Worth retrying: rate limit, 5xx, timeout, dropped connection."""
-
-    reason = "transient"
-
-
-class PermanentModelError(ModelError):
-    """Retrying will not help: bad request, auth, unknown model."""
-
-    reason = "permanent"
-
-
-class ContextLengthError(PermanentModelError):
-    reason = "context_length"
 
 
 class ChatModel(ABC):

@@ -46,6 +46,10 @@ import urllib.request
 from collections import deque
 from typing import Any
 
+import orjson
+
+from cai.aio import run_sync
+
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -96,7 +100,7 @@ class _Handler:
 
     @staticmethod
     def _send(writer: asyncio.StreamWriter, status: int, payload: Any, extra: dict[str, str] | None = None) -> None:
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
         head = [
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
             "content-type: application/json",
@@ -137,7 +141,7 @@ class _Handler:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             try:
-                return await self.chat(json.loads(body), writer)
+                return await self.chat(orjson.loads(body), writer)
             finally:
                 self.in_flight -= 1
         else:
@@ -162,7 +166,7 @@ class _Handler:
         if kind == "hang":
             await asyncio.sleep(3600)
         if kind == "truncated":
-            data = json.dumps(self.completion(req, prompt_words)).encode()
+            data = orjson.dumps(self.completion(req, prompt_words))
             writer.write(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                 + f"content-length: {len(data)}\r\n\r\n".encode()
@@ -280,7 +284,7 @@ class StubOpenAIServer:
         subprocess: bool = False,
         port: int = 0,
     ):
-        self.options = dict(latency=latency, reply=reply, model=model, max_context=max_context)
+        self.latency, self.reply, self.model, self.max_context = latency, reply, model, max_context
         self.use_subprocess = subprocess
         self.port = port
         self._thread: threading.Thread | None = None
@@ -301,18 +305,18 @@ class StubOpenAIServer:
 
     def _start_thread(self) -> None:
         ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
+        loop = self._loop = asyncio.new_event_loop()
 
         async def boot() -> None:
-            handler = _Handler(**self.options)
+            handler = _Handler(self.latency, self.reply, self.model, self.max_context)
             self._server = await asyncio.start_server(handler.serve, "127.0.0.1", self.port, backlog=1024)
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
 
         def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(boot())
-            self._loop.run_forever()
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(boot())
+            loop.run_forever()
 
         self._thread = threading.Thread(target=run, name="stub-openai-server", daemon=True)
         self._thread.start()
@@ -326,14 +330,14 @@ class StubOpenAIServer:
             "--port",
             str(self.port),
             "--latency",
-            str(self.options["latency"]),
+            str(self.latency),
             "--reply",
-            self.options["reply"],
+            self.reply,
             "--model",
-            self.options["model"],
+            self.model,
         ]
-        if self.options["max_context"] is not None:
-            args += ["--max-context", str(self.options["max_context"])]
+        if self.max_context is not None:
+            args += ["--max-context", str(self.max_context)]
         self._proc = sp.Popen(args, stdout=sp.PIPE, text=True)
         line = self._proc.stdout.readline() if self._proc.stdout else ""
         if not line.startswith("READY "):
@@ -402,7 +406,7 @@ def main() -> None:
         await server.serve_forever()
 
     try:
-        asyncio.run(run())
+        run_sync(run())  # uvloop where installed: the server's own CPU per request stays small
     except KeyboardInterrupt:
         pass
 
