@@ -335,3 +335,11 @@ def test_ray_flag_without_ray_installed(monkeypatch: pytest.MonkeyPatch) -> None
     result = CliRunner().invoke(app, ["generate", "prompts.jsonl", "--ray", "local"])
     assert result.exit_code == 2
     assert "error: --ray: ray is not installed; pip install 'cai[ray]'" in result.output
+
+
+def test_replicas_the_cluster_cannot_place_fail_with_the_resources_asked(cluster: SimpleNamespace) -> None:
+    from cai.models.base import TransientModelError
+
+    # a vllm: replica reserves a GPU by default; this cluster has none, so it never starts
+    with pytest.raises(TransientModelError, match=r"did not start within 2 s.*num_gpus=1\.0"):
+        load_model("vllm:/no/such/model", ray=cluster.address, replicas=1, ready_timeout=2)

@@ -362,8 +362,9 @@ def stats_table(spec: str, stats: list[dict[str, Any]]) -> Any:
 def load_pool(spec: str, **options: Any) -> RayPool:
     """A ``RayPool`` from ``load_model`` options: ``replicas`` (int >= 1), ``ray`` (address,
     "auto" or "local", the default), ``base_urls`` (one replica per URL, each with its own
-    ``base_url``), ``replica_options`` (a list of per-replica option overrides), ``num_gpus``,
-    ``num_cpus``, ``ready_timeout``; every other option goes to each replica's model."""
+    ``base_url``), ``replica_options`` (a list of per-replica option overrides), ``num_gpus`` (default 1
+    for ``vllm:``, ``tensor_parallel_size`` when given), ``num_cpus``, ``ready_timeout``; every
+    other option goes to each replica's model."""
     pool = {k: options.pop(k) for k in POOL_OPTIONS if k in options}
     urls = list(pool.get("base_urls") or [])
     overrides = [dict(o) for o in pool.get("replica_options") or []] or [{"base_url": u} for u in urls]
@@ -378,11 +379,14 @@ def load_pool(spec: str, **options: Any) -> RayPool:
             f"replicas: {replicas} given but {what} has {len(overrides)} entries; give one per replica"
         )
     per_replica = [{**options, **(overrides[i] if overrides else {})} for i in range(replicas)]
+    num_gpus = pool.get("num_gpus")
+    if num_gpus is None and spec.startswith("vllm:"):  # an in-process engine needs its GPUs reserved
+        num_gpus = float(options.get("tensor_parallel_size", 1))
     return RayPool(
         spec,
         per_replica,
         address=str(pool.get("ray") or "local"),
-        num_gpus=pool.get("num_gpus"),
+        num_gpus=num_gpus,
         num_cpus=pool.get("num_cpus"),
         ready_timeout=float(pool.get("ready_timeout", 600.0)),
     )
