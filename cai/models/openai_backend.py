@@ -1,7 +1,8 @@
 """``openai:MODEL``: any OpenAI-compatible chat server (vLLM, llama.cpp, Ollama, SGLang, OpenAI).
 
 The base URL comes from ``base_url=`` or ``$OPENAI_BASE_URL`` (default: OpenAI), the key from
-``api_key=`` or ``$OPENAI_API_KEY`` (a local server with a base URL needs none).
+``api_key=`` or ``$OPENAI_API_KEY`` (a local server with a base URL needs none); like the SDK,
+``$OPENAI_ORG_ID`` / ``$OPENAI_PROJECT_ID`` are sent as the organization / project headers.
 
 Requests go straight to ``{base_url}/chat/completions`` over one aiohttp session per event loop
 (bodies in and out through orjson): the openai SDK's request building, httpx layer and response
@@ -106,6 +107,10 @@ class OpenAIChatModel(RemoteChatModel):
             "Content-Type": "application/json",
             "Accept": "application/json",
         }
+        # the SDK's other credentials, from the same environment variables it reads
+        for header, variable in (("OpenAI-Organization", "OPENAI_ORG_ID"), ("OpenAI-Project", "OPENAI_PROJECT_ID")):
+            if os.environ.get(variable):
+                self._headers[header] = os.environ[variable]
         self.extra_body = extra_body
         # aiohttp sessions belong to one event loop; keep one per loop
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
