@@ -6,9 +6,9 @@ import json
 
 from typer.testing import CliRunner
 
-from cai.generation import agenerate_run
 from cai.cli import app
 from cai.commands.generate import why_no_pairs
+from cai.generation import agenerate_run
 from cai.models import GenParams, ScriptedModel
 
 
