@@ -34,6 +34,13 @@ def test_models_chat_reports_typed_errors() -> None:
         result = runner.invoke(app, ["models", "chat", "openai:stub", "hi", "--base-url", stub.base_url])
     assert result.exit_code == 1
     assert "error (auth)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_models_chat_bad_spec_is_bad_input() -> None:
+    result = runner.invoke(app, ["models", "chat", "nosuchbackend:x", "hi"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and "nosuchbackend" in result.stderr
 
 
 def test_export_embedded_refuses_a_foreign_folder(tmp_path) -> None:

@@ -64,18 +64,14 @@ def chat(
         None, envvar="CAI_API_KEY", show_envvar=False, help="API key (else the provider's usual env var)."
     ),
 ) -> None:
-    """Send one message to a model and print the answer, usage and (optionally) log-probs."""
-    from cai.models import GenParams, ModelError, load_model
+    """Send one message to a model and print the answer, usage and (optionally) log-probs. A
+    failed call is a ``ModelError``: the CLI boundary prints ``error (REASON): ...``, exit 1."""
+    from cai.models import GenParams, load_model
 
     options = {k: v for k, v in {"base_url": base_url, "api_key": api_key}.items() if v}
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     params = GenParams(max_tokens=max_tokens, temperature=temperature, logprobs=logprobs > 0, top_logprobs=logprobs)
-    try:
-        model = load_model(spec, **options)
-        completion = model.chat_sync(messages, params)
-    except ModelError as exc:
-        typer.echo(f"error ({exc.reason}): {exc}", err=True)
-        raise typer.Exit(1) from None
+    completion = load_model(spec, **options).chat_sync(messages, params)
     typer.echo(completion.text)
     u = completion.usage
     typer.echo(
