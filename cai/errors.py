@@ -12,6 +12,8 @@
     │   ├── ConfigMismatchError   a run directory that holds a run with another config (cai.store)
     │   ├── ReportError           a folder ``cai report`` cannot read (cai.report)
     │   └── NotARunError          a folder that is not a cai run directory (cai.stats)
+    ├── LaunchError               exit_code 2: a multi-process launch that cannot train
+    │                             (training.distributed)
     ├── RunLockedError            another process is running in the run directory (cai.store)
     ├── ModelError                a backend call failed; ``.reason``, ``.retry_after``
     │   ├── TransientModelError   worth retrying: rate limit, 5xx, timeout, dropped connection
@@ -42,6 +44,7 @@ __all__ = [
     "InputError",
     "InputFileError",
     "JudgeSpecError",
+    "LaunchError",
     "ModelError",
     "ModelSpecError",
     "NotARunError",
@@ -130,6 +133,12 @@ class ReportError(InputFileError):
 
 class NotARunError(InputFileError, FileNotFoundError):
     """The folder is not a cai run directory (it has no run database)."""
+
+
+class LaunchError(CaiError, ValueError):
+    """A multi-process launch that cannot train correctly; the message says how to launch."""
+
+    exit_code = 2  # a usage error, like bad input
 
 
 # -- runtime ---------------------------------------------------------------------------
