@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from cai.constitution import Constitution, Sampling, load_constitution
+from cai.errors import RevisionFailed
 from cai.models.base import (
     Capabilities,
     ChatModel,
@@ -33,7 +34,6 @@ from cai.models.base import (
     FinishReason,
     GenParams,
     Message,
-    ModelError,
     Usage,
 )
 from cai.records import Trace
@@ -51,12 +51,6 @@ class ViolationScorer(Protocol):
     name: str
 
     async def score(self, prompt: Sequence[Message], response: str) -> Any: ...
-
-
-class RevisionFailed(ModelError):
-    """The critique/revision loop could not finish; the answer is withheld, not passed through."""
-
-    reason = "revision_failed"
 
 
 @dataclass
