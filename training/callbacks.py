@@ -112,7 +112,7 @@ class WinRateCallback(TrainerCallback):
         )
 
     def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._runner._background_loop()).result()
+        return self._runner._background_loop().submit(coro)
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         self.tokenizer = self.tokenizer or processing_class
@@ -154,11 +154,12 @@ class WinRateCallback(TrainerCallback):
         """Metrics of ``answers`` (one per prompt) against the reference answers."""
         metrics: dict[str, float] = {}
         prompts = [p.messages for p in self.prompts]
-        if isinstance(self.judge, PairwiseJudge):
+        judge = self.judge
+        if isinstance(judge, PairwiseJudge):
 
             async def compare_all():
                 return await asyncio.gather(
-                    *(compare_answers(self.judge, p, a, r) for p, a, r in zip(prompts, answers, self.reference))
+                    *(compare_answers(judge, p, a, r) for p, a, r in zip(prompts, answers, self.reference))
                 )
 
             report = winrate_metrics(self._run(compare_all()), n_boot=200)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training import distributed
 from training.data import Splits
 from training.provenance import is_done, mark_done, read_provenance, write_provenance
 from training.recipes import Recipe, trl_class
@@ -63,15 +64,26 @@ def fit(
     callbacks: list[Any] | None = None,
 ) -> TrainResult:
     """Train ``recipe`` on ``splits`` into ``out``. A finished folder is returned as is; an
-    interrupted one resumes from its last checkpoint (``out/checkpoints``)."""
+    interrupted one resumes from its last checkpoint (``out/checkpoints``).
+
+    Launched in several processes (``accelerate launch`` / ``torchrun``), every process calls
+    this with the same arguments: they must agree on ``out`` (and whether it is finished), train
+    together, and only the main process writes the log, provenance and done marker, before
+    every process returns."""
     out = Path(out)
+    config = None
+    if distributed.world().size > 1:
+        config = recipe.trl_config(out / CHECKPOINTS)
+        _ = config.device  # starts the process group the trainer will use
+        distributed.agree("the output folder and its done marker", (str(out.resolve()), is_done(out)))
     if is_done(out):
         log = json.loads((out / LOG_FILE).read_text()) if (out / LOG_FILE).is_file() else []
         return TrainResult(out, log, resumed=True)
     out.mkdir(parents=True, exist_ok=True)
-    base = resolve_model(recipe.model)
-    config = recipe.trl_config(out / CHECKPOINTS)
-    tokenizer = load_tokenizer(base)
+    with distributed.main_first():  # one export / download, then the others read it
+        base = resolve_model(recipe.model)
+        tokenizer = load_tokenizer(base)
+    config = config or recipe.trl_config(out / CHECKPOINTS)
     trainer_cls = trl_class(recipe.trainer, config=False)
     trainer = trainer_cls(
         model=base,
@@ -86,20 +98,22 @@ def fit(
     trainer.train(resume_from_checkpoint=last_checkpoint(out / CHECKPOINTS))
     save_final(trainer, recipe, out)
     log_history = list(trainer.state.log_history)
-    (out / LOG_FILE).write_text(json.dumps(log_history, indent=1))
-    final = {k: v for k, v in TrainResult(out, log_history).metrics.items() if isinstance(v, (int, float))}
-    write_provenance(
-        out,
-        trainer=recipe.trainer,
-        base_model=recipe.model if recipe.model == "embedded" else base,
-        base_provenance=read_provenance(base) if Path(base).is_dir() else None,
-        recipe=recipe.model_dump(mode="json"),
-        data_hash=splits.data_hash,
-        constitution_hash=constitution_hash,
-        metrics=final,
-        extra=provenance,
-    )
-    mark_done(out)
+    if trainer.is_world_process_zero():
+        (out / LOG_FILE).write_text(json.dumps(log_history, indent=1))
+        final = {k: v for k, v in TrainResult(out, log_history).metrics.items() if isinstance(v, (int, float))}
+        write_provenance(
+            out,
+            trainer=recipe.trainer,
+            base_model=recipe.model if recipe.model == "embedded" else base,
+            base_provenance=read_provenance(base) if Path(base).is_dir() else None,
+            recipe=recipe.model_dump(mode="json"),
+            data_hash=splits.data_hash,
+            constitution_hash=constitution_hash,
+            metrics=final,
+            extra={"distributed": distributed.describe(trainer), **(provenance or {})},
+        )
+        mark_done(out)
+    distributed.barrier()  # every process returns a finished folder
     return TrainResult(out, log_history)
 
 
@@ -117,7 +131,8 @@ def save_final(trainer: Any, recipe: Recipe, out: Path) -> None:
     model = trainer.model
     if recipe.peft is not None and recipe.peft.merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-        model.save_pretrained(out)
-        trainer.processing_class.save_pretrained(out)
+        if trainer.is_world_process_zero():
+            model.save_pretrained(out)
+            trainer.processing_class.save_pretrained(out)
     else:
-        trainer.save_model(str(out))
+        trainer.save_model(str(out))  # every process: ZeRO-3 gathers the shards, rank 0 writes

@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cai.errors import DataError as DataError  # its home was here; importers may keep using it
+
 SFT = "sft"
 PREFERENCES = "preferences"
-
-
-class DataError(ValueError):
-    """Bad training data; the message names file, line and field."""
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cai.yamlfile import YamlFile
 from training.core import TrainResult
+from training.distributed import require_one_process
 from training.provenance import is_done, mark_done
 from training.recipes import RecipeError
 
@@ -82,6 +83,7 @@ def run_pipeline(
     from training.recipes import load_recipe
     from training.sft import train_sft
 
+    require_one_process("cai pipeline")
     config = config or PipelineConfig(**fields)
     out = Path(out)
     constitution = load_constitution(config.constitution)
@@ -113,7 +115,7 @@ def run_pipeline(
     else:
         folders.pop("label")
 
-    steps = {"max_steps": config.max_steps} if config.max_steps else {}
+    steps: dict[str, Any] = {"max_steps": config.max_steps} if config.max_steps else {}
     base = _trained_base(config)
     sft_recipe = load_recipe(config.sft_recipe, model=base).with_args(**steps)
     sft: TrainResult = train_sft(
@@ -143,7 +145,7 @@ def evaluate_stages(config: PipelineConfig, models: dict[str, str], out: Path) -
     prompts = read_eval_prompts(
         None if config.eval_prompts == "shipped" else config.eval_prompts, limit=config.eval_limit
     )
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, spec in models.items():
         report = asyncio.run(
             evaluate_safety(

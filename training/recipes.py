@@ -25,7 +25,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from cai.yamlfile import InputFileError, Problem, YamlFile
+from cai.errors import Problem
+from cai.errors import RecipeError as RecipeError  # its home was here
+from cai.yamlfile import YamlFile
 
 TrainerKind = Literal["sft", "rm", "dpo", "kto", "orpo", "grpo", "rloo", "spin"]
 
@@ -42,10 +44,6 @@ TRL_CLASSES: dict[str, tuple[str, str, str]] = {
 }
 
 SHIPPED_DIR = Path(__file__).parent / "recipes"
-
-
-class RecipeError(InputFileError):
-    """A recipe that cannot be used; the message names file, line and field."""
 
 
 class _Strict(BaseModel):
@@ -97,6 +95,7 @@ class Recipe(_Strict):
         """Build the TRL config object, with device-aware defaults where the recipe is silent."""
         args = {**device_defaults(self.args), **self.args, **overrides, "output_dir": str(output_dir)}
         args = validate_args(self.trainer, args, self.source)
+        check_deepspeed(args.get("deepspeed"), self.source)
         config_cls = trl_class(self.trainer, config=True)
         try:
             return config_cls(**args)
@@ -128,6 +127,28 @@ def device_defaults(args: dict[str, Any]) -> dict[str, Any]:
     if not torch.cuda.is_available():
         defaults.update(bf16=False, use_cpu=True)
     return {k: v for k, v in defaults.items() if k not in args}
+
+
+def check_deepspeed(config: Any, source: str) -> None:
+    """A recipe that trains with DeepSpeed needs the ``deepspeed`` package and CUDA GPUs on this
+    host: say so up front instead of an ImportError from inside transformers."""
+    if not config:
+        return
+    import importlib.util
+
+    import torch
+
+    where = f"{source}: args.deepspeed"
+    if importlib.util.find_spec("deepspeed") is None:
+        raise RecipeError(
+            f"{where}: this recipe trains with DeepSpeed ({config}) but the deepspeed package is not "
+            "installed; install it on the GPU host (pip install deepspeed) or pick a recipe without `deepspeed`"
+        )
+    if not torch.cuda.is_available():
+        raise RecipeError(
+            f"{where}: DeepSpeed ZeRO trains on CUDA GPUs and none is visible here; on CPU use a "
+            "recipe without `deepspeed` (several CPU processes: accelerate launch --multi_gpu)"
+        )
 
 
 def trl_class(trainer: str, *, config: bool) -> type:
@@ -177,7 +198,9 @@ def validate_args(
             ) from None
         # report against the `args` node, so lines point into the file
         view = copy.copy(yaml_file)
-        view.root = next((v for k, v in yaml_file.root.value if k.value == "args"), yaml_file.root)
+        root = yaml_file.root
+        entries = root.value if root is not None and isinstance(root.value, list) else []
+        view.root = next((v for k, v in entries if k.value == "args"), root)
         problems = [
             Problem(
                 p.file,
@@ -212,9 +235,15 @@ def load_recipe(name_or_path: str | Path | Recipe, **overrides: Any) -> Recipe:
     data = {**yaml_file.data, **overrides, "source": source}
     args = data.get("args")
     deepspeed = args.get("deepspeed") if isinstance(args, dict) else None
+    problems: list[Problem] = []
     if isinstance(deepspeed, str) and (path.parent / deepspeed).is_file():  # relative to the recipe
         data["args"] = {**data["args"], "deepspeed": str((path.parent / deepspeed).resolve())}
-    problems: list[Problem] = []
+    elif isinstance(deepspeed, str) and not Path(deepspeed).is_file():
+        problems.append(
+            yaml_file.problem(
+                ("args", "deepspeed"), f"no DeepSpeed config file {deepspeed!r} (next to the recipe or from here)"
+            )
+        )
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from training.core import TrainResult, fit
 from training.data import prompt_dataset
@@ -63,4 +63,4 @@ def train_rl(
         )
     finally:
         if owned:
-            funcs[0].close()
+            cast(Any, funcs[0]).close()  # judge_reward's reward function owns the judge and its loop

@@ -16,6 +16,7 @@ from typing import Any
 from cai.models.base import GenParams
 from training.core import TrainResult, fit, resolve_model
 from training.data import preference_dataset, prompt_dataset
+from training.distributed import require_one_process
 from training.provenance import is_done
 from training.recipes import Recipe, SpinOptions, recipe_for
 
@@ -62,8 +63,9 @@ def train_spin(
 ) -> TrainResult:
     """Run SPIN rounds on SFT data (``sft.jsonl``: the final assistant turn is the reference).
     Returns the last round's result; its folder holds the final model."""
+    require_one_process("SPIN (cai train spin)")
     recipe = recipe_for(recipe, "spin", model)
-    options = recipe.spin or SpinOptions()
+    options = recipe.spin or SpinOptions.model_validate({})
     if rounds is not None:
         options = options.model_copy(update={"rounds": rounds})
     rows = [r for r in prompt_dataset(data).train.to_list() if r["reference"]]

@@ -63,6 +63,7 @@ def _run(
 ) -> None:
     from cai.yamlfile import InputFileError
     from training.data import DataError
+    from training.distributed import LaunchError, world
     from training.provenance import constitution_hash_for
     from training.recipes import RecipeError, load_recipe
 
@@ -75,8 +76,10 @@ def _run(
         loaded = loaded.with_args(**args) if args else loaded
         chash = constitution_hash_for(data, constitution)
         result = _trainer(kind)(data, out, recipe=loaded, constitution_hash=chash, **extra)
-    except (DataError, RecipeError, InputFileError, FileNotFoundError) as exc:
+    except (DataError, RecipeError, InputFileError, LaunchError, FileNotFoundError) as exc:
         _fail(str(exc))
+        return
+    if not world().main:  # one process reports and writes the report
         return
     state = "already complete" if result.resumed else "trained"
     loss = result.metrics.get("train_loss")
@@ -95,7 +98,7 @@ def _run(
 def _trainer(kind: str) -> Callable[..., Any]:
     import training
 
-    return {
+    trainers: dict[str, Callable[..., Any]] = {
         "sft": training.train_sft,
         "rm": training.train_reward,
         "dpo": training.train_dpo,
@@ -103,7 +106,8 @@ def _trainer(kind: str) -> Callable[..., Any]:
         "orpo": training.train_orpo,
         "rl": training.train_rl,
         "spin": training.train_spin,
-    }[kind]
+    }
+    return trainers[kind]
 
 
 DATA = typer.Argument(..., help="sft.jsonl / preferences.jsonl, a cai run or export folder, or a saved HF dataset.")
@@ -228,7 +232,7 @@ def pipeline(
     from training.data import DataError
     from training.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
 
-    fields = {
+    fields: dict[str, Any] = {
         "prompts": prompts,
         "model": model,
         "judge": judge,
