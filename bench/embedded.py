@@ -27,7 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see t
 ROOT = Path(__file__).resolve().parents[1]
 sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from cai.api import agenerate_run  # noqa: E402
+from cai.generation import agenerate_run  # noqa: E402
 from cai.models import GenParams  # noqa: E402
 
 PROMPTS = ROOT / "examples" / "red_team_prompts.jsonl"

@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cai.api import agenerate_run  # noqa: E402
 from cai.constitution import load_constitution  # noqa: E402
+from cai.generation import agenerate_run  # noqa: E402
 from cai.inputs import read_prompts  # noqa: E402
 from cai.models import ChatModel, GenParams, ScriptedModel, load_model  # noqa: E402
 from cai.models.openai_compat import parse_completion, request_kwargs  # noqa: E402

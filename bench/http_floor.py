@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cai.aio import new_loop  # noqa: E402
-from cai.api import agenerate_run  # noqa: E402
 from cai.constitution import load_constitution  # noqa: E402
+from cai.generation import agenerate_run  # noqa: E402
 from cai.inputs import read_prompts  # noqa: E402
 from cai.models import GenParams  # noqa: E402
 from cai.testing.stub_openai_server import StubOpenAIServer  # noqa: E402

@@ -58,7 +58,7 @@ def script(messages: list[dict[str, Any]], params: Any) -> str:
 
 def scripted_run(out: Path, **kwargs: Any):
     """Run the scripted generate job into ``out``; returns the GenerateResult."""
-    from cai.api import agenerate_run
+    from cai.generation import agenerate_run
 
     records = [PromptRecord(k, [{"role": "user", "content": v}], f"item {k}") for k, v in PROMPTS.items()]
     return agenerate_run(records, model=ScriptedModel(script), constitution=HARMLESS, revisions=2, out=out, **kwargs)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cai.api import agenerate_run
 from cai.cli import app
+from cai.generation import agenerate_run
 from cai.models import GenParams, ScriptedModel
 from cai.models.base import TransientModelError
 from cai.models.openai_compat import map_error, parse_completion

@@ -222,7 +222,7 @@ GENERATE = ["--revisions", "1", "--max-tokens", "32", "--no-report", "--quiet", 
 
 @pytest.mark.slow
 def test_replica_killed_then_driver_killed_then_rerun_is_exactly_once(cluster: SimpleNamespace, tmp_path: Path) -> None:
-    from cai.api import agenerate_run
+    from cai.generation import agenerate_run
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Question number {i}?"}) + "\n" for i in range(16)))
@@ -275,7 +275,7 @@ def test_eval_on_a_local_cluster_started_by_the_command(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 async def test_embedded_replicas_match_one_process(cluster: SimpleNamespace, tmp_path: Path) -> None:
-    from cai.api import agenerate_run
+    from cai.generation import agenerate_run
 
     prompts = ["How do I boil an egg?", "Name a colour.", "What is 2 + 2?"]
     params = GenParams(max_tokens=16)

@@ -259,7 +259,7 @@ async def test_sampled_calls_get_per_sample_turn_seeds_in_the_cache_key(tmp_path
 
 
 async def test_an_outer_seeding_wrapper_gives_the_same_keys(tmp_path):
-    """A wrapper that sets the same seed before CachedModel sees the call (as cai.api's
+    """A wrapper that sets the same seed before CachedModel sees the call (as cai.generation's
     SampleSeeded did) leaves the key as CachedModel makes it: runs stay resumable either way."""
     import random
 

@@ -115,8 +115,8 @@ def generate(
 ) -> None:
     """Critique and revise every prompt with a constitution; writes traces.jsonl, sft.jsonl and
     preferences.jsonl in the run directory as samples finish. Rerun the same command to resume."""
-    from cai.api import agenerate_run
     from cai.constitution import ConstitutionError
+    from cai.generation import agenerate_run
     from cai.inputs import InputError
     from cai.models import GenParams, ModelError
     from cai.models.registry import ModelSpecError

@@ -20,7 +20,7 @@ ENTRY_POINT_GROUP = "cai.models"
 
 # backend name -> "module:factory"
 BUILTIN_BACKENDS: dict[str, str] = {
-    "embedded": "cai.models.hf:load_embedded",
+    "embedded": "cai.models.embedded:load_embedded",
     "hf": "cai.models.hf:load_hf",
     "vllm": "cai.models.vllm_inproc:load_vllm",
     "openai": "cai.models.openai_backend:load_openai",
