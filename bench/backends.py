@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from cai.models import GenParams, load_model  # noqa: E402
-from tests.stub_openai_server import StubOpenAIServer  # noqa: E402
+from cai.testing.stub_openai_server import StubOpenAIServer  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data" / "hh_rlhf_harmless_test_dev.jsonl"
 

@@ -247,8 +247,8 @@ def vllm_metrics(base_url: str) -> dict[str, float]:
 async def bench_vllm(
     n: int, revisions: int, max_tokens: int, concurrency: int, repeats: int, base_url: str | None
 ) -> None:
-    from cai.models.hf import export_embedded
-    from tests.vllm_server import VLLMServer
+    from cai.models.embedded import export_embedded
+    from cai.testing.vllm_server import VLLMServer
 
     print(
         f"\n[2] real vLLM server, embedded model: {n} prompts, {revisions} revisions, max_tokens {max_tokens}, "

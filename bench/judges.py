@@ -119,7 +119,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
     """``bench`` against ``args.base_url``, or a vLLM server started here for the run."""
     if args.base_url is not None:
         return asyncio.run(bench(args, args.base_url))
-    from cai.models.hf import export_embedded
+    from cai.models.embedded import export_embedded
     from cai.testing.vllm_server import VLLMServer
 
     t0 = time.monotonic()

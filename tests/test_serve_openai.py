@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from cai.models import Completion, ScriptedModel, Usage, load_model
-from tests.stub_openai_server import StubOpenAIServer
+from cai.testing.stub_openai_server import StubOpenAIServer
 from tests.test_server_util import serve
 from tests.test_wrapper import CRITIQUES, REVISIONS, loop_script
 

@@ -196,7 +196,7 @@ def test_block_mode_with_a_configured_judge_and_metrics():
 def test_openai_upstream_errors_map_to_502_and_400():
     """A real HTTP upstream (the stub OpenAI server) through the openai: backend."""
     from cai.models import load_model
-    from tests.stub_openai_server import StubOpenAIServer
+    from cai.testing.stub_openai_server import StubOpenAIServer
 
     with StubOpenAIServer(reply="Fine.") as stub:
         upstream = load_model("openai:stub", base_url=stub.base_url, api_key="x", max_retries=0)

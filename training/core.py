@@ -36,7 +36,7 @@ class TrainResult:
 def resolve_model(spec: str) -> str:
     """A recipe's model -> something ``from_pretrained`` takes (folder or hub id)."""
     if spec == "embedded":
-        from cai.models.hf import export_embedded
+        from cai.models.embedded import export_embedded
 
         return str(export_embedded())
     if spec.startswith("hf:"):

@@ -41,7 +41,7 @@ def export_embedded_cmd(
 ) -> None:
     """Write the embedded model as a plain HF folder (safetensors + tokenizer + chat template)
     that transformers, vLLM and TRL load. Made once and cached; later calls copy the cache."""
-    from cai.models.hf import export_embedded
+    from cai.models.embedded import export_embedded
 
     try:
         out = export_embedded(dir)

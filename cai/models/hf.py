@@ -23,12 +23,11 @@ from typing import Any
 
 from cai.models.base import Completion, GenParams, Message, PermanentModelError
 from cai.models.batching import ContinuousBatcher, MicroBatcher
-from cai.models.embedded import export_embedded, load_embedded  # old home; import from cai.models.embedded
 from cai.models.hf_decode import BatchDecoder, DecodeRequest, LayerStates
 from cai.models.local import LocalChatModel
 from cai.models.prefix_cache import PrefixCache
 
-__all__ = ["HFChatModel", "export_embedded", "load_embedded", "load_hf"]
+__all__ = ["HFChatModel", "load_hf"]
 
 PREFIX_CACHE_ENV = "CAI_PREFIX_CACHE"
 DEFAULT_PREFIX_CACHE_MB = 1024.0
