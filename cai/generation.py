@@ -28,6 +28,7 @@ from cai.outputs import generate_writers, pair_kept
 from cai.quality import QualityGates
 from cai.records import Trace
 from cai.revise import normalize_prompt, revise
+from cai.revise_config import ReviseConfig
 from cai.runner import Outcome, RunSummary, Sample, Work
 from cai.store import SampleRow
 
@@ -201,11 +202,10 @@ async def agenerate_run(
     judge spec naming the generating model shares the loaded model; pairwise judges ask the
     constitution's judge questions. The judge's calls are cached in the run store."""
     constitution = load_constitution(constitution)
-    defaults = constitution.defaults
-    revisions = defaults.revisions if revisions is None else revisions
-    sampling = sampling or defaults.sampling
-    seed = defaults.seed if seed is None else seed
-    params = params or GenParams()
+    resolved = ReviseConfig.from_constitution(
+        constitution, revisions=revisions, sampling=sampling, seed=seed, params=params
+    )  # the one place constitution defaults are resolved
+    revisions, sampling, seed, params = resolved.revisions, resolved.sampling, resolved.seed, resolved.params
     model_options = dict(model_options or {})
     records, skipped = _to_records(prompts, prompt_field, messages_field, on_bad_line, limit)
 
