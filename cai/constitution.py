@@ -121,9 +121,18 @@ class Constitution(_Strict):
 
     @property
     def hash(self) -> str:
-        # computed each time (~0.1 ms): a cached value would go stale through model_copy(update=...)
+        # json + sha256 cost ~0.3 ms, asked once a sample: remembered per object (frozen, so
+        # its content cannot change; model_copy makes a new object), not in a private attribute,
+        # which pydantic would compare in ==
+        known = _HASHES.get(id(self))
+        if known is not None and known[0] is self:
+            return known[1]
         payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+        digest = hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+        if len(_HASHES) >= 16:
+            _HASHES.clear()
+        _HASHES[id(self)] = (self, digest)
+        return digest
 
     @property
     def id(self) -> str:
@@ -134,6 +143,9 @@ class Constitution(_Strict):
             if item.name == name:
                 return item
         raise KeyError(f"constitution {self.name!r} has no principle {name!r}")
+
+
+_HASHES: dict[int, tuple[Constitution, str]] = {}  # id -> (the object, its hash); see Constitution.hash
 
 
 class _ConstitutionFile(Constitution):

@@ -142,7 +142,8 @@ async def run_job(
         stack.push_async_callback(pool.aclose)
         ctx = JobContext(store, pool)
         await stack.enter_async_context(ctx.closing)  # judges close before their models
-        todo = any((row := store.sample(s.id)) is None or row.status != "done" for s in job.samples)
+        states = store.sample_states()
+        todo = any(s.id not in states or states[s.id][1] != "done" for s in job.samples)
         work = await setup(ctx) if todo else _nothing_left
         runner = Runner(
             store,
@@ -155,5 +156,6 @@ async def run_job(
         summary = await runner.run(job.samples, work)
         if progress and job.print_summary:
             runner.print_summary(summary)
-        rows = [store.sample(s.id) for s in job.samples]
+        by_id = {row.id: row for row in store.samples()}
+        rows = [by_id.get(s.id) for s in job.samples]
     return JobResult(summary, rows, Path(out) if out is not None else None)

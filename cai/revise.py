@@ -20,6 +20,7 @@ quality gate (``cai.quality``: loops, truncation, wrong language, off topic).
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import random
@@ -48,10 +49,15 @@ _LABEL = re.compile(
 )
 
 
+_MARKUP = re.compile(r"[*_`#>\"]+")
+_SPACE = re.compile(r"\s+")
+_STOP = re.compile("|".join(f"(?:{p})" for p in BUILTIN_STOP_PATTERNS))
+
+
+@functools.lru_cache(maxsize=4096)  # the same requests, examples and stop phrases come back every call
 def _norm(text: str) -> str:
     text = text.lower().replace("’", "'")
-    text = re.sub(r"[*_`#>\"]+", " ", text)
-    return re.sub(r"\s+", " ", text).strip()
+    return _SPACE.sub(" ", _MARKUP.sub(" ", text)).strip()
 
 
 def _similar(a: str, b: str, threshold: float) -> bool:
@@ -60,6 +66,8 @@ def _similar(a: str, b: str, threshold: float) -> bool:
         return False
     if a == b:
         return True
+    if 2 * min(len(a), len(b)) < threshold * (len(a) + len(b)):
+        return False  # the lengths alone bound the ratio below the threshold
     matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
     return matcher.quick_ratio() >= threshold and matcher.ratio() >= threshold
 
@@ -73,7 +81,7 @@ def says_no_revision_needed(text: str, stop_phrases: Sequence[str] = ()) -> bool
         p = _norm(phrase).rstrip(".!")
         if p and p in norm:
             return True
-    return any(re.search(pattern, norm) for pattern in BUILTIN_STOP_PATTERNS)
+    return _STOP.search(norm) is not None
 
 
 def clean_revision(text: str) -> str:

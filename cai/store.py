@@ -267,6 +267,11 @@ class RunStore:
         self._write_error: BaseException | None = None  # a background commit that failed
         self._commit_scheduled = False
         self._seq: int | None = None  # the last sample seq, read once (single writer)
+        # every call key the calls table holds or will hold once committed, when this store is
+        # its only writer (so a miss, the common case in a new run, costs no query); None: ask
+        self._call_keys: set[str] | None = None
+        if not read_only:
+            self._call_keys = {row[0] for row in self._db.execute("SELECT key FROM calls")}
         if config is not None:
             try:
                 self._check_config(config)
@@ -371,6 +376,8 @@ class RunStore:
     # -- LLM call cache -------------------------------------------------------------------
 
     def get_call(self, key: str) -> Completion | None:
+        if self._call_keys is not None and key not in self._call_keys:
+            return None
         text = self._held.calls.get(key)
         for _, batch in reversed(self._committing):
             if text is not None:
@@ -388,6 +395,8 @@ class RunStore:
     def put_call(self, key: str, completion: Completion) -> None:
         """Record a finished call (committed with the next tick's batch)."""
         self._held.calls[key] = to_json(completion.to_dict())
+        if self._call_keys is not None:
+            self._call_keys.add(key)
         self._hold()
 
     @property
