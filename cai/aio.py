@@ -1,8 +1,9 @@
 """Running coroutines from synchronous code: the one sync-over-async helper.
 
 - ``new_loop()``: a fresh event loop, uvloop's where it is installed (``CAI_UVLOOP=0`` turns it off).
-- ``run_sync(coro)``: run a coroutine to completion and return its result. With no loop running
-  in this thread it runs on a fresh loop; inside a running loop (Jupyter, an async caller) it
+- ``run_sync(coro)``: run a coroutine to completion and return its result (``asyncio.run`` on
+  ``new_loop``; the CLI's commands run through it). With no loop running in this thread it
+  runs on a fresh loop; inside a running loop (Jupyter, an async caller) it
   runs on a helper thread with its own loop, so the caller's loop is never re-entered.
 - ``BackgroundLoop``: one daemon thread running one loop for the life of an object (clients whose
   connections belong to a loop, sync APIs called many times); ``submit(coro)`` blocks for the
@@ -34,26 +35,10 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 def _run_on_new_loop(coro: Coroutine[Any, Any, T]) -> T:
-    loop = new_loop()
-    try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(_finishing(coro, loop))
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
-
-
-async def _finishing(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> T:
-    """Await ``coro``, then cancel what it left running and close async generators (as asyncio.run)."""
-    try:
-        return await coro
-    finally:
-        current = asyncio.current_task()
-        left = [t for t in asyncio.all_tasks() if t is not current]
-        for task in left:
-            task.cancel()
-        await asyncio.gather(*left, return_exceptions=True)
-        await loop.shutdown_asyncgens()
+    # asyncio.Runner as asyncio.run: Ctrl-C cancels the coroutine (its finally blocks and
+    # context managers run, so a run's store commits) before KeyboardInterrupt propagates
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(coro)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

@@ -16,12 +16,12 @@ generate/label runs from their run store, training from its last checkpoint).
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cai.aio import run_sync
 from cai.yamlfile import YamlFile
 from training.core import TrainResult
 from training.distributed import require_one_process
@@ -109,7 +109,7 @@ def run_pipeline(
             from judges.label import LabelConfig, label
 
             sets, _ = read_candidate_sets(folders["generate"] / "preferences.jsonl")
-            asyncio.run(label(sets, folders["label"], LabelConfig(judge=config.judge)))
+            run_sync(label(sets, folders["label"], LabelConfig(judge=config.judge)))
             mark_done(folders["label"])
         pairs = folders["label"]
     else:
@@ -147,7 +147,7 @@ def evaluate_stages(config: PipelineConfig, models: dict[str, str], out: Path) -
     )
     rows: list[dict[str, Any]] = []
     for name, spec in models.items():
-        report = asyncio.run(
+        report = run_sync(
             evaluate_safety(
                 prompts,
                 Subject(spec),

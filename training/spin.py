@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cai.aio import run_sync
 from cai.models.base import GenParams
 from training.core import TrainResult, fit, resolve_model
 from training.data import preference_dataset, prompt_dataset
@@ -38,7 +39,7 @@ def spin_pairs(model_dir: str, rows: list[dict[str, Any]], options: SpinOptions,
     """Preference pairs: reference (chosen) vs the policy's answer (rejected). Prompts the
     policy already answers exactly like the reference are dropped (nothing to learn)."""
     params = GenParams(max_tokens=options.max_new_tokens, temperature=options.temperature, seed=seed)
-    answers = asyncio.run(policy_answers(model_dir, [r["prompt"] for r in rows], params))
+    answers = run_sync(policy_answers(model_dir, [r["prompt"] for r in rows], params))
     pairs = []
     for row, answer in zip(rows, answers):
         if answer.strip() and answer.strip() != row["reference"].strip():

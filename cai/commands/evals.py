@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
+from cai.aio import run_sync
 from cai.commands.judge import (
     BASE_URLS,
     RAY,
@@ -37,7 +37,7 @@ def _run(build: Callable[[], Coroutine[Any, Any, Any]], json_out: Optional[Path]
     from cai.store import ConfigMismatchError
 
     try:
-        report = asyncio.run(build())
+        report = run_sync(build())
     except (InputError, ConfigMismatchError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     print_replica_stats()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Literal, Optional
 
 import typer
 
+from cai.aio import run_sync
 from cai.commands.judge import BASE_URLS, MAX_RETRIES, RAY, REPLICAS, TIMEOUT, _model_options, print_replica_stats
 
 Sampling = Literal["random", "all", "sequential"]
@@ -139,7 +139,7 @@ def generate(
     if model.startswith("openai:"):
         options["max_concurrency"] = concurrency
     try:
-        result = asyncio.run(
+        result = run_sync(
             agenerate_run(
                 input,
                 model=model,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import os
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import typer
+
+from cai.aio import run_sync
 
 eval_app = typer.Typer(help="Evaluate judges (judge) and models (safety, winrate).", no_args_is_help=True)
 
@@ -165,7 +166,7 @@ def label_command(
             sample_params=GenParams(max_tokens=max_tokens, temperature=temperature),
             keep_inconsistent=keep_inconsistent,
         )
-        summary = asyncio.run(label(sets, out, config, concurrency=concurrency, model_options=options, new_run=new_run))
+        summary = run_sync(label(sets, out, config, concurrency=concurrency, model_options=options, new_run=new_run))
     except (InputError, ConfigMismatchError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     print_replica_stats()
@@ -204,7 +205,7 @@ def eval_judge(
 
     try:
         pairs, _ = read_candidate_sets(data, limit=limit)
-        report = asyncio.run(
+        report = run_sync(
             evaluate_judge(
                 pairs,
                 judge,
