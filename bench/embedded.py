@@ -1,10 +1,19 @@
-"""The embedded model on CPU: the demo workload with the prefix cache off vs on (not a test).
+"""The embedded model on CPU: the demo workload on three configurations of the transformers
+backend (not a test).
 
 The workload is ``make demo``'s (``cai generate examples/red_team_prompts.jsonl --limit 8
 --revisions 2 --max-tokens 128``), run in this process without a run directory, greedy and
-then sampled (temperature 0.7, seed 0), each with the prefix cache off and on. Reports the
-wall-time ratio (target >= 3x), whether the outputs are identical, and the prompt tokens
-sent vs computed per call, with where the time went (prefill vs decode).
+then sampled (temperature 0.7, seed 0), on:
+
+- ``before``: the backend as it was when the performance issue was filed: whole batches that
+  finish together (``continuous_batching=False``), no prefix reuse (``prefix_cache=False``);
+- ``cache off``: today's backend with the prefix cache off (continuous batching);
+- ``default``: today's backend (continuous batching and the prefix cache).
+
+All three run today's decode loop (its in-place cache appends make ``before`` faster than the
+filed backend was, so the ratios are conservative). Reports default vs before (target >= 3x)
+and vs cache off, whether the outputs are identical, and the prompt tokens sent vs computed
+per call, with where the time went (prefill vs decode).
 
     python bench/embedded.py [--quick] [--limit N] [--max-tokens N] [--threads N]
 
@@ -49,11 +58,18 @@ def _sample_text(trace: Any) -> str:
     )
 
 
-async def run_workload(prefix_cache: bool, params: GenParams, limit: int, revisions: int) -> Run:
+CONFIGS: dict[str, dict[str, bool]] = {
+    "before": {"prefix_cache": False, "continuous_batching": False},
+    "cache off": {"prefix_cache": False},
+    "default": {},
+}
+
+
+async def run_workload(config: dict[str, bool], params: GenParams, limit: int, revisions: int) -> Run:
     from cai.models.embedded import export_embedded
     from cai.models.hf import HFChatModel
 
-    model = HFChatModel(export_embedded(), spec="embedded", prefix_cache=prefix_cache)
+    model = HFChatModel(export_embedded(), spec="embedded", **config)
     try:
         start = time.perf_counter()
         result = await agenerate_run(str(PROMPTS), model=model, revisions=revisions, params=params, limit=limit)
@@ -76,34 +92,38 @@ def _describe(name: str, run: Run) -> str:
     )
 
 
-def _compare(label: str, off: Run, on: Run) -> list[dict[str, Any]]:
-    ratio = off.seconds / on.seconds
-    same = sum(a == b for a, b in zip(off.outputs, on.outputs))
-    sent, computed = on.stats["prompt_tokens"], on.stats["computed_tokens"]
-    calls = max(1, int(on.stats["calls"]))
-    return [
+def _speedup(label: str, name: str, base: Run, on: Run) -> list[dict[str, Any]]:
+    ratio = base.seconds / on.seconds
+    same = sum(a == b for a, b in zip(base.outputs, on.outputs))
+    rows = [
         {
-            "metric": f"embedded demo {label}: wall time, prefix cache off / on",
-            "measured": f"{off.seconds:.1f} s / {on.seconds:.1f} s",
-            "target": f">= {TARGET_SPEEDUP:g}x",
+            "metric": f"embedded demo {label}: wall time, {name} / default",
+            "measured": f"{base.seconds:.1f} s / {on.seconds:.1f} s",
+            "target": f">= {TARGET_SPEEDUP:g}x" if name == "before" else "reported",
             "ratio": round(ratio, 2),
-            "ok": ratio >= TARGET_SPEEDUP,
+            "ok": ratio >= TARGET_SPEEDUP if name == "before" else True,
         },
         {
-            "metric": f"embedded demo {label}: outputs identical, cache off vs on",
-            "measured": f"{same}/{len(off.outputs)} samples",
+            "metric": f"embedded demo {label}: outputs identical, {name} vs default",
+            "measured": f"{same}/{len(base.outputs)} samples",
             "target": "all",
-            "ratio": round(same / max(1, len(off.outputs)), 2),
-            "ok": same == len(off.outputs),
-        },
-        {
-            "metric": f"embedded demo {label}: prompt tokens computed / sent per call (cache on)",
-            "measured": f"{computed / calls:.0f} / {sent / calls:.0f}",
-            "target": "reported",
-            "ratio": round(computed / max(1, sent), 3),
-            "ok": True,
+            "ratio": round(same / max(1, len(base.outputs)), 2),
+            "ok": same == len(base.outputs),
         },
     ]
+    return rows
+
+
+def _tokens(label: str, on: Run) -> dict[str, Any]:
+    sent, computed = on.stats["prompt_tokens"], on.stats["computed_tokens"]
+    calls = max(1, int(on.stats["calls"]))
+    return {
+        "metric": f"embedded demo {label}: prompt tokens computed / sent per call (default)",
+        "measured": f"{computed / calls:.0f} / {sent / calls:.0f}",
+        "target": "reported",
+        "ratio": round(computed / max(1, sent), 3),
+        "ok": True,
+    }
 
 
 def rows(quick: bool = False, *, limit: int | None = None, max_tokens: int = 128, revisions: int = 2) -> list[dict]:
@@ -115,12 +135,14 @@ def rows(quick: bool = False, *, limit: int | None = None, max_tokens: int = 128
     }
     out: list[dict] = []
     for label, params in workloads.items():
-        off = asyncio.run(run_workload(False, params, limit, revisions))
-        on = asyncio.run(run_workload(True, params, limit, revisions))
         print(f"{label}, {limit} prompts x {revisions} revisions, max {max_tokens} tokens:", flush=True)
-        print(_describe("prefix cache off", off), flush=True)
-        print(_describe("prefix cache on", on), flush=True)
-        out += _compare(label, off, on)
+        runs = {}
+        for name, config in CONFIGS.items():
+            runs[name] = asyncio.run(run_workload(config, params, limit, revisions))
+            print(_describe(name, runs[name]), flush=True)
+        for name in ("before", "cache off"):
+            out += _speedup(label, name, runs[name], runs["default"])
+        out.append(_tokens(label, runs["default"]))
     return out
 
 

@@ -88,3 +88,27 @@ def test_greedy_outputs_match_with_the_cache_on_and_off_and_the_cache_saves_work
     assert on["hits"] >= len(turns) - 1
     assert on["computed_tokens"] < off["computed_tokens"]
     assert 0 < on["cache_bytes"] <= 64 * 2**20
+
+
+def test_batch_cache_layer_appends_in_place_and_matches_concatenation():
+    import torch
+
+    from cai.models.hf_decode import SPARE_TOKENS, _growing_layer_class
+
+    layer = _growing_layer_class()()
+    k0, v0 = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    layer.update(k0, v0)
+    buffer = layer._k
+    expected_k, expected_v = k0, v0
+    for _ in range(SPARE_TOKENS):  # every step fits the spare room: the same buffer, no copy
+        k, v = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
+        keys, values = layer.update(k, v)
+        expected_k, expected_v = torch.cat([expected_k, k], -2), torch.cat([expected_v, v], -2)
+        assert torch.equal(keys, expected_k) and torch.equal(values, expected_v)
+    assert layer._k is buffer
+    layer.update(torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4))  # past the room: a larger buffer
+    assert layer._k is not buffer and layer.get_seq_length() == 5 + SPARE_TOKENS + 1
+    # transformers' own methods assign keys/values: that becomes the content
+    layer.batch_select_indices(torch.tensor([1]))
+    assert layer.keys.shape == (1, 3, 5 + SPARE_TOKENS + 1, 4)
+    assert torch.equal(layer.keys[0, :, :5], k0[1])
