@@ -103,14 +103,14 @@ def _growing_layer_class() -> type:
     moves it into a buffer with ``SPARE_TOKENS`` of room."""
     from transformers.cache_utils import DynamicLayer
 
-    class GrowingLayer(DynamicLayer):  # type: ignore[misc]
+    class GrowingLayer(DynamicLayer):
         def __init__(self) -> None:
             self._k: torch.Tensor | None = None
             self._v: torch.Tensor | None = None
             self._n = 0
             super().__init__()
 
-        @property  # type: ignore[override]
+        @property
         def keys(self) -> torch.Tensor | None:
             return None if self._k is None else self._k[:, :, : self._n]
 
@@ -119,7 +119,7 @@ def _growing_layer_class() -> type:
             self._k = value
             self._n = 0 if value is None or value.dim() < 3 else int(value.shape[-2])
 
-        @property  # type: ignore[override]
+        @property
         def values(self) -> torch.Tensor | None:
             return None if self._v is None else self._v[:, :, : self._n]
 
