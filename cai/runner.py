@@ -218,6 +218,7 @@ class _Progress:
             console=console,
             disable=not enabled,
             transient=False,
+            refresh_per_second=4,  # each redraw takes the GIL from the event loop
         )
         self.task = self.bar.add_task(title, total=total, completed=tally.done_before, stats="", rate=0.0)
 

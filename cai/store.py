@@ -37,8 +37,10 @@ import contextvars
 import fcntl
 import json
 import os
+import queue
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -156,43 +158,49 @@ class _Batch:
         return bool(self.calls or self.written or self.sample or self.meta or self.reset_outputs)
 
 
-def _commit_batch(db: sqlite3.Connection, batch: _Batch) -> None:
+def _commit_batch(db: sqlite3.Connection, *batches: _Batch) -> None:
+    """Commit the batches, in order, in one transaction."""
     with db:
         db.execute("BEGIN")
-        if batch.calls:
-            now = time.time()
-            db.executemany(
-                "INSERT OR REPLACE INTO calls(key, completion, created) VALUES(?, ?, ?)",
-                [(key, text, now) for key, text in batch.calls.items()],
-            )
-            db.execute(
-                "INSERT INTO meta(key, value) VALUES('model_calls', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value=CAST(value AS INTEGER)+excluded.value",
-                (len(batch.calls),),
-            )
-        if batch.sample is not None:
-            db.execute(
-                "INSERT INTO samples(id, input_hash, status, reason, record, counters, written, attempts, seq, updated) "
-                "VALUES(?, ?, ?, ?, ?, ?, 0, 1, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                "status=excluded.status, reason=excluded.reason, record=excluded.record, "
-                "counters=excluded.counters, written=0, attempts=samples.attempts+1, "
-                "seq=excluded.seq, updated=excluded.updated",
-                batch.sample,
-            )
-        if batch.written:
-            db.executemany("UPDATE samples SET written=1 WHERE id=?", [(i,) for i in batch.written])
-            db.executemany(
-                "INSERT INTO outputs(name, size) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET size=excluded.size",
-                list(batch.sizes.items()),
-            )
-        if batch.meta:
-            db.executemany(
-                "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                list(batch.meta.items()),
-            )
-        if batch.reset_outputs:
-            db.execute("DELETE FROM outputs")
-            db.execute("UPDATE samples SET written=0")
+        for batch in batches:
+            _apply(db, batch)
+
+
+def _apply(db: sqlite3.Connection, batch: _Batch) -> None:
+    if batch.calls:
+        now = time.time()
+        db.executemany(
+            "INSERT OR REPLACE INTO calls(key, completion, created) VALUES(?, ?, ?)",
+            [(key, text, now) for key, text in batch.calls.items()],
+        )
+        db.execute(
+            "INSERT INTO meta(key, value) VALUES('model_calls', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=CAST(value AS INTEGER)+excluded.value",
+            (len(batch.calls),),
+        )
+    if batch.sample is not None:
+        db.execute(
+            "INSERT INTO samples(id, input_hash, status, reason, record, counters, written, attempts, seq, updated) "
+            "VALUES(?, ?, ?, ?, ?, ?, 0, 1, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+            "status=excluded.status, reason=excluded.reason, record=excluded.record, "
+            "counters=excluded.counters, written=0, attempts=samples.attempts+1, "
+            "seq=excluded.seq, updated=excluded.updated",
+            batch.sample,
+        )
+    if batch.written:
+        db.executemany("UPDATE samples SET written=1 WHERE id=?", [(i,) for i in batch.written])
+        db.executemany(
+            "INSERT INTO outputs(name, size) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET size=excluded.size",
+            list(batch.sizes.items()),
+        )
+    if batch.meta:
+        db.executemany(
+            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            list(batch.meta.items()),
+        )
+    if batch.reset_outputs:
+        db.execute("DELETE FROM outputs")
+        db.execute("UPDATE samples SET written=0")
 
 
 def _commit_inline(db: sqlite3.Connection, batch: _Batch) -> concurrent.futures.Future[None]:
@@ -207,18 +215,60 @@ def _commit_inline(db: sqlite3.Connection, batch: _Batch) -> concurrent.futures.
 
 
 class _Writer:
-    """One thread with its own connection, committing batches in the order they are sent."""
+    """One thread with its own connection, committing batches in the order they are sent.
+    Group commit: the batches that queued up while a transaction ran go in the next one
+    together (a commit costs the same for one sample as for fifty)."""
 
     def __init__(self, path: Path):
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cai-store-writer")
-        self._db = self._pool.submit(_connect, path).result()
+        self._queue: queue.SimpleQueue[tuple[_Batch, concurrent.futures.Future[None]] | None] = queue.SimpleQueue()
+        opened: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(path, opened), name="cai-store-writer", daemon=True)
+        self._thread.start()
+        opened.result()
+
+    def _run(self, path: Path, opened: concurrent.futures.Future[None]) -> None:
+        try:
+            db = _connect(path)
+        except BaseException as exc:
+            opened.set_exception(exc)
+            return
+        opened.set_result(None)
+        try:
+            while True:
+                item = self._queue.get()
+                group = []
+                while item is not None:
+                    group.append(item)
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                if group:
+                    self._commit(db, group)
+                if item is None:
+                    return
+        finally:
+            db.close()
+
+    @staticmethod
+    def _commit(db: sqlite3.Connection, group: list[tuple[_Batch, concurrent.futures.Future[None]]]) -> None:
+        try:
+            _commit_batch(db, *(batch for batch, _ in group))
+        except BaseException as exc:
+            for _, future in group:
+                future.set_exception(exc)
+        else:
+            for _, future in group:
+                future.set_result(None)
 
     def submit(self, batch: _Batch) -> concurrent.futures.Future[None]:
-        return self._pool.submit(_commit_batch, self._db, batch)
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._queue.put((batch, future))
+        return future
 
     def close(self) -> None:
-        self._pool.submit(self._db.close).result()
-        self._pool.shutdown()
+        self._queue.put(None)
+        self._thread.join()
 
 
 class RunStore:
