@@ -614,7 +614,7 @@ class CachedModel(ModelWrapper):
     def seeded(self, messages: Sequence[Message], params: GenParams) -> GenParams:
         """``params`` with the sample's seed for this turn when the call is sampled and unseeded."""
         if params.temperature > 0 and params.seed is None:
-            sample = _SAMPLE.get()
+            sample = current_sample()
             if sample is not None:
                 return params.replace(seed=sample_seed(self.seed, sample, len(messages)))
         return params

@@ -191,9 +191,9 @@ class RayPool(ChatModel):
 
     @staticmethod
     def _route_key(messages: Sequence[Message]) -> str:
-        from cai.store import _SAMPLE  # the runner's current sample; no public getter yet
+        from cai.store import current_sample
 
-        sample = _SAMPLE.get()
+        sample = current_sample()
         if sample is not None:
             return f"sample:{sample}"
         first = next((m for m in messages if m.get("role") == "user"), messages[0] if messages else {})
