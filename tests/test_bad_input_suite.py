@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from cai.cli import app
@@ -200,15 +199,6 @@ def build_cases(tmp: Path) -> list[Case]:
 sft_data: Path
 
 
-# inputs whose message is still unlocated; each is fixed where the input is read, then removed
-# from here (the strict xfail below fails once they are all located)
-KNOWN_UNLOCATED = {
-    # training/pipeline.py reads the YAML as text, so a non-UTF-8 byte is a bare UnicodeDecodeError
-    "pipeline/latin1_byte",
-    "pipeline/random_bytes",
-}
-
-
 def _write_sft_data(tmp_path: Path) -> None:
     global sft_data
     sft_data = tmp_path / "sft.jsonl"
@@ -240,22 +230,13 @@ def _failures(cases: list[Case]) -> tuple[list[str], list[str]]:
 
 def test_bad_inputs_get_located_messages_never_tracebacks(tmp_path, capsys):
     _write_sft_data(tmp_path)
-    cases = [case for case in build_cases(tmp_path) if case.name not in KNOWN_UNLOCATED]
+    cases = build_cases(tmp_path)
     tracebacks, unlocated = _failures(cases)
     with capsys.disabled():
         print(
             f"\nbad-input suite: {len(cases)} inputs, {len(tracebacks)} tracebacks, "
             f"{len(unlocated)} messages without file/line/field or flag"
         )
-    assert not tracebacks and not unlocated, "\n".join(tracebacks + unlocated)
-
-
-@pytest.mark.xfail(strict=True, reason="known unlocated inputs (KNOWN_UNLOCATED); remove them once located")
-def test_known_unlocated_inputs_are_still_unlocated(tmp_path):
-    _write_sft_data(tmp_path)
-    cases = [case for case in build_cases(tmp_path) if case.name in KNOWN_UNLOCATED]
-    assert len(cases) == len(KNOWN_UNLOCATED), "KNOWN_UNLOCATED names a case that does not exist"
-    tracebacks, unlocated = _failures(cases)
     assert not tracebacks and not unlocated, "\n".join(tracebacks + unlocated)
 
 

@@ -55,7 +55,7 @@ class PipelineConfig(BaseModel):
 
 
 def load_pipeline_config(path: str | Path, **overrides: Any) -> PipelineConfig:
-    yaml_file = YamlFile(str(path), Path(path).read_text(encoding="utf-8"), error=RecipeError)
+    yaml_file = YamlFile(str(path), Path(path).read_bytes(), error=RecipeError)
     data = {**yaml_file.data, **{k: v for k, v in overrides.items() if v is not None}, "source": str(path)}
     try:
         return PipelineConfig.model_validate(data)
