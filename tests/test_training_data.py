@@ -163,7 +163,7 @@ def test_cli_reports_bad_data_cleanly(tmp_path):
     result = CliRunner().invoke(
         app, ["train", "dpo", str(bad), "--out", str(tmp_path / "out"), "--model", "hf:/nowhere"]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input (README: errors and exit codes)
     assert f"{bad}:1: fields 'chosen' and 'rejected' are identical" in result.output
     result = CliRunner().invoke(app, ["train", "dpo", str(bad), "--set", "betta=1"])
-    assert result.exit_code == 1 and "betta" in result.output
+    assert result.exit_code == 2 and "betta" in result.output

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from cai.errors import CaiError
+from cai.errors import LaunchError
 
 # the launchers' variables for the number of processes: torchrun / accelerate, then MPI
 # (accelerate's multi-CPU launch runs under mpirun)
@@ -31,12 +31,6 @@ LAUNCH_HELP = (
     "launch with `accelerate launch --multi_gpu --num_processes N -m cai.cli train ...` "
     "(a machine without GPUs trains on CPU with gloo) or `torchrun --nproc_per_node N -m cai.cli train ...`"
 )
-
-
-class LaunchError(CaiError, ValueError):
-    """A multi-process launch that cannot train correctly; the message says how to launch."""
-
-    exit_code = 2  # a usage error, like bad input
 
 
 @dataclass(frozen=True)

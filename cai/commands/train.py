@@ -8,6 +8,8 @@ from typing import Any, Optional
 
 import typer
 
+from cai.errors import CaiError
+
 train_app = typer.Typer(
     help="Train with TRL on cai data (SFT, reward model, DPO family, online RL, SPIN).", no_args_is_help=True
 )
@@ -33,8 +35,9 @@ HELP = {
 
 
 def _fail(message: str) -> None:
+    """A bad flag or input that is not a CaiError (which the CLI boundary reports itself): exit 2."""
     typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(2)
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -61,11 +64,9 @@ def _run(
     constitution: Optional[str],
     **extra: Any,
 ) -> None:
-    from cai.yamlfile import InputFileError
-    from training.data import DataError
-    from training.distributed import LaunchError, world
+    from training.distributed import world
     from training.provenance import constitution_hash_for
-    from training.recipes import RecipeError, load_recipe
+    from training.recipes import load_recipe
 
     out = out or Path("runs") / f"train-{kind}"
     try:
@@ -76,7 +77,7 @@ def _run(
         loaded = loaded.with_args(**args) if args else loaded
         chash = constitution_hash_for(data, constitution)
         result = _trainer(kind)(data, out, recipe=loaded, constitution_hash=chash, **extra)
-    except (DataError, RecipeError, InputFileError, LaunchError, FileNotFoundError) as exc:
+    except FileNotFoundError as exc:  # cai's own errors reach the CLI boundary (exit 2 for bad input)
         _fail(str(exc))
         return
     if not world().main:  # one process reports and writes the report
@@ -161,7 +162,9 @@ def _offline(kind: str) -> Callable[..., None]:
     ) -> None:
         try:
             callbacks = _eval_callbacks(eval_prompts, eval_judge, eval_every, eval_limit)
-        except ValueError as exc:  # InputError, JudgeSpecError, ModelSpecError
+        except CaiError:
+            raise
+        except ValueError as exc:
             _fail(str(exc))
         _run(kind, data, out, recipe, model, max_steps, set, constitution, **callbacks)
 
@@ -228,8 +231,6 @@ def pipeline(
     ),
 ) -> None:
     """generate -> (label) -> SFT -> DPO in one call; rerun to resume at the unfinished stage."""
-    from cai.yamlfile import InputFileError
-    from training.data import DataError
     from training.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
 
     fields: dict[str, Any] = {
@@ -249,7 +250,9 @@ def pipeline(
                 _fail("give a pipeline YAML or --prompts FILE")
             cfg = PipelineConfig(**{k: v for k, v in fields.items() if v is not None})
         folders = run_pipeline(cfg, out)
-    except (DataError, InputFileError, FileNotFoundError, ValueError) as exc:
+    except CaiError:
+        raise
+    except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
         return
     for stage, folder in folders.items():
