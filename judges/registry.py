@@ -18,6 +18,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
+from cai.errors import JudgeSpecError
 from cai.models.base import ChatModel
 from cai.models.registry import load_model
 from cai.store import CachedModel, RunStore
@@ -26,10 +27,6 @@ from judges.base import Judge, PairwiseJudge, PointwiseJudge
 ENTRY_POINT_GROUP = "cai.judges"
 KINDS = ("pairwise", "pointwise", "violation", "rm", "rules")
 MODEL_KINDS = ("pairwise", "pointwise", "violation")  # REST is a model spec
-
-
-class JudgeSpecError(ValueError):
-    pass
 
 
 def _model(

@@ -71,7 +71,7 @@ def test_validate_ok_and_broken(invoke, tmp_path):
     assert result.output.count("ok ") == 2
 
     result = invoke("validate", str(good), str(broken))
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert (
         f"{broken.resolve()}:7: principles[1].critque: unknown field 'critque' "
         f"(did you mean 'critique'?)" in result.output
@@ -87,7 +87,7 @@ def test_validate_without_arguments_checks_all_shipped(invoke):
 
 def test_show_unknown_name_fails_cleanly(invoke):
     result = invoke("show", "harmles")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "did you mean 'harmless'" in result.output
     assert "Traceback" not in result.output
 
@@ -99,7 +99,7 @@ def test_console_script_validate_exit_code(tmp_path):
     result = subprocess.run(
         [str(cai), "constitutions", "validate", str(broken)], capture_output=True, text=True, timeout=120
     )
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr
     assert f"{broken.resolve()}:7: principles[1].critque:" in result.stdout
 
 

@@ -168,7 +168,7 @@ def test_cli_generate_on_embedded_model(tmp_path, embedded_hf_dir):
     with RunStore(out, read_only=True) as store:
         assert store.model_calls == calls
     result = CliRunner().invoke(app, [*args[:-1], "--revisions", "2"])
-    assert result.exit_code == 1 and "different config" in result.output
+    assert result.exit_code == 2 and "different config" in result.output
 
     result = CliRunner().invoke(app, ["export", str(out), "--to", str(tmp_path / "ds"), "--format", "parquet"])
     assert result.exit_code == 0, result.output

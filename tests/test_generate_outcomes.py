@@ -30,7 +30,7 @@ def test_cli_empty_prompt_file_is_an_error(tmp_path):
     empty = tmp_path / "prompts.jsonl"
     empty.write_text("\n")
     result = CliRunner().invoke(app, ["generate", str(empty), "--out", str(tmp_path / "run")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert f"{empty}: no prompts" in result.output and "Traceback" not in result.output
 
 
@@ -39,7 +39,7 @@ def test_cli_train_dpo_on_a_run_without_pairs(tmp_path):
     run.mkdir()
     (run / "preferences.jsonl").write_text("")
     result = CliRunner().invoke(app, ["train", "dpo", str(run), "--out", str(tmp_path / "model")])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert f"{run / 'preferences.jsonl'}: no preference pairs" in result.output
     assert "StopIteration" not in result.output and "Traceback" not in result.output
 

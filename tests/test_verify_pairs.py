@@ -95,9 +95,9 @@ def test_bad_verify_spec_and_gate_are_clear_errors(tmp_path):
     prompts.write_text('{"prompt": "hi"}\n')
     runner = CliRunner()
     result = runner.invoke(app, ["generate", str(prompts), "--out", str(tmp_path / "r"), "--verify", "nonsense:x"])
-    assert result.exit_code == 1 and "unknown judge kind 'nonsense'" in result.output
+    assert result.exit_code == 2 and "unknown judge kind 'nonsense'" in result.output
     result = runner.invoke(app, ["generate", str(prompts), "--out", str(tmp_path / "r2"), "--gate", "ngram=none"])
-    assert result.exit_code == 1 and "--gate 'ngram=none': bad value for ngram" in result.output
+    assert result.exit_code == 2 and "--gate 'ngram=none': bad value for ngram" in result.output
 
 
 @pytest.mark.slow

@@ -69,7 +69,7 @@ def show(
         c = load_constitution(name)
     except ConstitutionError as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(exc.exit_code) from None
     if format == "yaml":
         typer.echo(_as_yaml(c), nl=False)
         return
@@ -128,7 +128,7 @@ def validate(
         )
     if failed:
         typer.echo(f"{failed} of {len(paths or shipped_constitutions())} invalid", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(ConstitutionError.exit_code)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,13 +9,15 @@ import typer
 
 from cai.aio import run_sync
 from cai.commands.judge import BASE_URLS, MAX_RETRIES, RAY, REPLICAS, TIMEOUT, _model_options, print_replica_stats
+from cai.errors import CaiError
 
 Sampling = Literal["random", "all", "sequential"]
 
 
 def _fail(message: str) -> None:
+    """A bad flag or input that is not a CaiError (the CLI boundary reports those): exit 2."""
     typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(2)
 
 
 def _count_rows(path: Path) -> int:
@@ -115,14 +117,10 @@ def generate(
 ) -> None:
     """Critique and revise every prompt with a constitution; writes traces.jsonl, sft.jsonl and
     preferences.jsonl in the run directory as samples finish. Rerun the same command to resume."""
-    from cai.constitution import ConstitutionError
     from cai.generation import agenerate_run
-    from cai.inputs import InputError
-    from cai.models import GenParams, ModelError
-    from cai.models.registry import ModelSpecError
+    from cai.models import GenParams
     from cai.quality import parse_gates
-    from cai.store import ConfigMismatchError, RunLockedError
-    from judges.registry import JudgeSpecError, available_judges
+    from judges.registry import available_judges
 
     out = out or Path("runs") / input.stem
     try:
@@ -163,16 +161,9 @@ def generate(
                 min_margin=min_margin,
             )
         )
-    except (
-        InputError,
-        ConfigMismatchError,
-        RunLockedError,
-        ConstitutionError,
-        ModelSpecError,
-        ModelError,
-        FileNotFoundError,
-        JudgeSpecError,
-    ) as exc:
+    except FileNotFoundError as exc:  # cai's own errors reach the CLI boundary (exit 2 or 1)
+        if isinstance(exc, CaiError):
+            raise
         _fail(str(exc))
         return
     except KeyboardInterrupt:
