@@ -17,6 +17,12 @@ N = 12
 CALLS_PER_SAMPLE = 3  # answer, critique, revision (--revisions 1)
 
 
+def _default_sigint() -> None:
+    # as in a terminal: a test run started in the background (`make test &`, CI) inherits an
+    # ignored SIGINT, and the child would then never see the Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _done(db: Path) -> int:
     if not db.exists():
         return 0
@@ -35,7 +41,9 @@ def test_ctrl_c_keeps_finished_samples_and_the_rerun_resumes(tmp_path):
         cmd = [sys.executable, "-m", "cai.cli", "generate", str(prompts), "--out", str(out)]
         cmd += ["--model", "openai:stub", "--base-url", server.base_url, "--api-key", "sk-test"]
         cmd += ["--revisions", "1", "--concurrency", "2", "--no-few-shot", "--quiet"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint
+        )
         deadline = time.monotonic() + 120
         while _done(out / "state.sqlite") < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
