@@ -203,14 +203,24 @@ def _apply(db: sqlite3.Connection, batch: _Batch) -> None:
         db.execute("UPDATE samples SET written=0")
 
 
+_Pending = tuple[_Batch, concurrent.futures.Future[None]]  # a batch and the future its commit resolves
+
+
+def _commit_group(db: sqlite3.Connection, group: list[_Pending]) -> None:
+    """Commit the group's batches in one transaction, then resolve each future (all fail together)."""
+    try:
+        _commit_batch(db, *(batch for batch, _ in group))
+    except BaseException as exc:
+        for _, future in group:
+            future.set_exception(exc)
+    else:
+        for _, future in group:
+            future.set_result(None)
+
+
 def _commit_inline(db: sqlite3.Connection, batch: _Batch) -> concurrent.futures.Future[None]:
     future: concurrent.futures.Future[None] = concurrent.futures.Future()
-    try:
-        _commit_batch(db, batch)
-    except BaseException as exc:
-        future.set_exception(exc)
-    else:
-        future.set_result(None)
+    _commit_group(db, [(batch, future)])
     return future
 
 
@@ -220,7 +230,7 @@ class _Writer:
     together (a commit costs the same for one sample as for fifty)."""
 
     def __init__(self, path: Path):
-        self._queue: queue.SimpleQueue[tuple[_Batch, concurrent.futures.Future[None]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         opened: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, args=(path, opened), name="cai-store-writer", daemon=True)
         self._thread.start()
@@ -244,22 +254,11 @@ class _Writer:
                     except queue.Empty:
                         break
                 if group:
-                    self._commit(db, group)
+                    _commit_group(db, group)
                 if item is None:
                     return
         finally:
             db.close()
-
-    @staticmethod
-    def _commit(db: sqlite3.Connection, group: list[tuple[_Batch, concurrent.futures.Future[None]]]) -> None:
-        try:
-            _commit_batch(db, *(batch for batch, _ in group))
-        except BaseException as exc:
-            for _, future in group:
-                future.set_exception(exc)
-        else:
-            for _, future in group:
-                future.set_result(None)
 
     def submit(self, batch: _Batch) -> concurrent.futures.Future[None]:
         future: concurrent.futures.Future[None] = concurrent.futures.Future()

@@ -23,7 +23,7 @@ from typing import Any
 
 from cai.models.base import Completion, GenParams, Message, PermanentModelError
 from cai.models.batching import ContinuousBatcher, MicroBatcher
-from cai.models.hf_decode import BatchDecoder, DecodeRequest, LayerStates
+from cai.models.hf_decode import BatchDecoder, DecodeRequest, LayerStates, full_attention_only
 from cai.models.local import LocalChatModel
 from cai.models.prefix_cache import PrefixCache
 
@@ -71,14 +71,6 @@ def prefix_cache_budget(enabled: bool | None, size_mb: float | None) -> int:
     return int(size_mb * 2**20)
 
 
-def _full_attention_only(config: Any) -> bool:
-    """Prefixes are reusable only when every layer keeps all past states (no sliding window)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
-
-
 class HFChatModel(LocalChatModel):
     def __init__(
         self,
@@ -121,7 +113,7 @@ class HFChatModel(LocalChatModel):
         self.max_context = max_context or getattr(self.model.config, "max_position_embeddings", None)
         budget = prefix_cache_budget(prefix_cache, prefix_cache_mb)
         cache: PrefixCache[LayerStates] | None = None
-        if budget and _full_attention_only(self.model.config):
+        if budget and full_attention_only(self.model.config):  # prefixes need every past state
             cache = PrefixCache(budget)
         self._decoder = BatchDecoder(self.model, self.tokenizer, eos_ids, pad_id, prefix_cache=cache)
         size, window = (max_batch_size if micro_batching else 1), batch_window_ms / 1000.0

@@ -11,6 +11,7 @@ of the model's distribution (temperature 1), like OpenAI and vLLM report them.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,15 @@ def _pick_token(logits: torch.Tensor, params: GenParams, generator: torch.Genera
 SPARE_TOKENS = 128  # room a batch cache keeps past its width, so decode steps write in place
 
 
+def full_attention_only(config: Any) -> bool:
+    """Every layer keeps all past states (no sliding window): the model's cache is plain ``DynamicLayer``s."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
+
+
+@functools.cache  # one class, made on first use (transformers is imported lazily)
 def _growing_layer_class() -> type:
     """``DynamicLayer`` that appends into spare room: a decode step writes one column instead of
     ``torch.cat`` copying the whole cache (that copy was ~40% of decode on CPU). Assigning
@@ -150,22 +160,17 @@ def _growing_layer_class() -> type:
     return GrowingLayer
 
 
-_GROWING: type | None = None
-
-
-def batch_cache(layers: LayerStates, config: Any) -> Any:
-    """A ``DynamicCache`` holding ``layers`` whose decode steps append in place (see ``_growing_layer_class``)."""
-    global _GROWING
+def batch_cache(layers: LayerStates, config: Any, in_place: bool) -> Any:
+    """A ``DynamicCache`` holding ``layers``; with ``in_place`` (``full_attention_only(config)``:
+    sliding-window layers keep transformers' own) its decode steps append in place."""
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=config)
-    if not all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers):  # sliding windows: as is
+    if not in_place:
         return DynamicCache(ddp_cache_data=layers, config=config)
-    if _GROWING is None:
-        _GROWING = _growing_layer_class()
+    cache = DynamicCache(config=config)
     grown = []
     for keys, values in layers:
-        layer = _GROWING()
+        layer = _growing_layer_class()()
         layer.update(keys, values)
         grown.append(layer)
     cache.layers = grown
@@ -183,6 +188,7 @@ class _Batch:
     def __init__(self, config: Any, device: Any):
         self.config = config
         self.device = device
+        self.in_place = full_attention_only(config)
         self._clear()
 
     def _clear(self) -> None:
@@ -218,7 +224,7 @@ class _Batch:
         mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
         for i, n in enumerate(lengths):
             mask[i, width - n :] = 1
-        self.cache = batch_cache(layers, self.config)
+        self.cache = batch_cache(layers, self.config, self.in_place)
         self.mask = torch.cat([torch.nn.functional.pad(self.mask, (width - self.width, 0)), mask])
         self.positions = torch.cat([self.positions, torch.tensor(lengths, dtype=torch.long, device=self.device)])
         self.rows += rows
