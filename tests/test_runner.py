@@ -324,3 +324,56 @@ def test_run_sync_and_background_loop():
 
         with pytest.raises(RuntimeError, match="own loop"):
             bg.submit(nested())
+
+
+def test_store_writer_groups_queued_batches_and_fails_a_group_together(tmp_path, monkeypatch):
+    """Batches queued while a transaction runs commit in the next one together; a transaction
+    that fails fails every batch in it, and commits none of them."""
+    import sqlite3
+
+    import cai.store as store_module
+
+    RunStore(tmp_path).close()  # the schema
+    sizes: list[int] = []
+    hold, release = threading.Event(), threading.Event()
+    real = store_module._commit_batch
+
+    def commit(db, *batches):
+        sizes.append(len(batches))
+        if hold.is_set():  # keep this transaction open while the test queues more
+            hold.clear()
+            release.wait(10)
+        real(db, *batches)
+
+    def held_then(batches: list) -> list:
+        """Submit one batch that holds the writer, queue ``batches`` behind it, then let go."""
+        hold.set()
+        release.clear()
+        first = writer.submit(store_module._Batch(meta={f"held{len(sizes)}": "1"}))
+        while hold.is_set():  # the writer is inside the held transaction
+            time.sleep(0.01)
+        queued = [writer.submit(batch) for batch in batches]
+        release.set()
+        first.result(10)
+        return queued
+
+    monkeypatch.setattr(store_module, "_commit_batch", commit)
+    writer = store_module._Writer(tmp_path / store_module.DB_NAME)
+    try:
+        for future in held_then([store_module._Batch(meta={f"m{i}": str(i)}) for i in range(20)]):
+            future.result(10)
+        assert sizes == [1, 20]
+
+        good, bad = held_then(
+            [store_module._Batch(meta={"g": "1"}), store_module._Batch(sample=("only", "three", "fields"))]
+        )
+        for future in (good, bad):
+            with pytest.raises(sqlite3.ProgrammingError):
+                future.result(10)
+        assert sizes == [1, 20, 1, 2]
+    finally:
+        writer.close()
+    with sqlite3.connect(tmp_path / store_module.DB_NAME) as db:
+        keys = {k for (k,) in db.execute("SELECT key FROM meta")}
+    assert {f"m{i}" for i in range(20)} <= keys
+    assert "g" not in keys  # in the failed transaction with the bad batch
