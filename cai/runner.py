@@ -24,7 +24,9 @@ Guarantees:
 - A sample's outcome is committed to the store, then its output lines are appended to each
   writer's file (flushed), then the new file sizes are committed. On the next run, files are
   truncated to the committed sizes and finished-but-unwritten samples are written, so every
-  done sample appears in every output exactly once, whenever the process was killed.
+  done sample appears in every output exactly once, whenever the process was killed. The
+  worker does not wait for the commit: lines are written in batches as commits land, and
+  all of them before ``run`` returns or raises (``cai.output_files``).
 - Samples already ``done`` are skipped; ``failed`` ones are retried. A sample id whose input
   changed since the earlier run is refused (``ConfigMismatchError``).
 - ``work`` raising ``ModelError`` marks the sample failed with ``exc.reason``; any other
@@ -43,7 +45,7 @@ import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -60,7 +62,8 @@ from rich.table import Table
 from rich.text import Text
 
 from cai.models.base import ModelError, Usage
-from cai.store import ConfigMismatchError, RunStore, sample_scope, to_json
+from cai.output_files import OutputFiles, OutputWriter
+from cai.store import ConfigMismatchError, RunStore, sample_scope
 
 
 @dataclass
@@ -85,14 +88,6 @@ class Outcome:
     failed: str | None = None  # failure reason; the sample is retried on the next run
     counters: dict[str, float] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
-
-
-@dataclass
-class OutputWriter:
-    """A JSONL file in the run directory; ``lines(record)`` gives the rows for one done sample."""
-
-    name: str
-    lines: Callable[[dict[str, Any]], Iterable[dict[str, Any]]]
 
 
 Work = Callable[[Sample], Awaitable[Outcome]]
@@ -149,52 +144,6 @@ class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.fields.get("rate")
         return Text(f"{speed:.2f}/s" if speed else "-/s", style="progress.data.speed")
-
-
-class _OutputFiles:
-    """Append-only JSONL outputs whose committed sizes live in the store."""
-
-    def __init__(self, store: RunStore, writers: Sequence[OutputWriter]):
-        self.store = store
-        self.writers = list(writers)
-        self.files: dict[str, IO[str]] = {}
-
-    def open(self) -> None:
-        if self.store.run_dir is None or not self.writers:
-            self.writers = []
-            return
-        paths = {w.name: self.store.run_dir / w.name for w in self.writers}
-        sizes = self.store.output_sizes()
-        consistent = all(
-            name in sizes and path.exists() and path.stat().st_size >= sizes[name] for name, path in paths.items()
-        ) or not any(True for _ in self.store.samples("done"))
-        if not consistent:  # a file was deleted/shortened or a writer added: rebuild from the store
-            self.store.reset_outputs()
-            sizes = {}
-        for name, path in paths.items():
-            with open(path, "a", encoding="utf-8") as f:  # create if missing
-                f.truncate(sizes.get(name, 0))  # drop anything written after the last commit
-            self.files[name] = open(path, "a", encoding="utf-8")
-        for row in list(self.store.samples("done")):
-            if not row.written:
-                self.write(row.id, row.record or {})
-
-    def write(self, sample_id: str, record: dict[str, Any]) -> None:
-        if not self.writers:
-            return
-        sizes = {}
-        for writer in self.writers:
-            f = self.files[writer.name]
-            for line in writer.lines(record):
-                f.write(to_json(line) + "\n")
-            f.flush()
-            sizes[writer.name] = f.tell()
-        self.store.mark_written(sample_id, sizes)
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-        self.files.clear()
 
 
 class _Progress:
@@ -294,7 +243,7 @@ class Runner:
         if len(set(ids)) != len(ids):
             dup = next(i for i, c in Counter(ids).items() if c > 1)
             raise ValueError(f"sample ids must be unique; {dup!r} appears more than once")
-        outputs = _OutputFiles(self.store, self.writers)
+        outputs = OutputFiles(self.store, self.writers)
         outputs.open()
         try:
             return await self._run(samples, work, outputs)
@@ -302,7 +251,7 @@ class Runner:
             outputs.close()
             self.store.flush()
 
-    async def _run(self, samples: list[Sample], work: Work, outputs: _OutputFiles) -> RunSummary:
+    async def _run(self, samples: list[Sample], work: Work, outputs: OutputFiles) -> RunSummary:
         tally = _Tally()
         pending = self._schedule(samples, tally)
         hits0, misses0, usage0 = self.store.hits, self.store.misses, self.store.usage
@@ -316,7 +265,7 @@ class Runner:
             if trace is not None and not printed_trace:
                 printed_trace = True
                 self.console.print(f"[red]sample {sample.id} raised:[/red]\n{trace}")
-            await self._commit(sample, outcome, outputs, tally)
+            self._finish(sample, outcome, outputs, tally)
             progress.update()
 
         with progress:
@@ -358,8 +307,8 @@ class Runner:
                 pending.append(sample)
         return pending
 
-    async def _commit(self, sample: Sample, outcome: Outcome, outputs: _OutputFiles, tally: _Tally) -> None:
-        """The outcome into the store (committed), then the output lines, then the tally."""
+    def _finish(self, sample: Sample, outcome: Outcome, outputs: OutputFiles, tally: _Tally) -> None:
+        """The outcome into the store; its output lines once that is committed; the tally now."""
         sample_counters = dict(outcome.counters)
         if outcome.usage.calls or outcome.usage.total_tokens:
             sample_counters["prompt_tokens"] = outcome.usage.prompt_tokens
@@ -372,11 +321,10 @@ class Runner:
             counters=sample_counters,
             wait=False,
         )
-        await asyncio.wrap_future(committed)  # the outcome is durable before its lines are written
         if outcome.failed:
             tally.failed[outcome.failed] += 1
         else:
-            outputs.write(sample.id, outcome.record or {})
+            outputs.write_after(committed, sample.id, outcome.record or {})
             tally.counters.update(sample_counters)
             tally.done += 1
 

@@ -42,7 +42,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -539,10 +539,10 @@ class RunStore:
         batch.sample = (sample_id, input_hash, status, failed, text, _dumps(counters or {}), self._seq, time.time())
         return batch
 
-    def mark_written(self, sample_id: str, sizes: dict[str, int]) -> None:
-        """The sample's output lines are on disk; files now end at ``sizes`` (committed with the
-        next batch: until then a restart truncates the files and writes the sample again)."""
-        self._held.written[sample_id] = None
+    def mark_written(self, sample_ids: Iterable[str], sizes: dict[str, int]) -> None:
+        """The samples' output lines are on disk; files now end at ``sizes`` (committed with the
+        next batch: until then a restart truncates the files and writes the samples again)."""
+        self._held.written.update(dict.fromkeys(sample_ids))
         self._held.sizes.update(sizes)
         self._hold()
 

@@ -377,3 +377,65 @@ def test_store_writer_groups_queued_batches_and_fails_a_group_together(tmp_path,
         keys = {k for (k,) in db.execute("SELECT key FROM meta")}
     assert {f"m{i}" for i in range(20)} <= keys
     assert "g" not in keys  # in the failed transaction with the bad batch
+
+
+# --- output lines behind the commits -----------------------------------------------------
+
+
+async def test_a_worker_moves_on_before_its_commit_lands_and_an_interrupt_writes_every_committed_sample(
+    tmp_path, monkeypatch
+):
+    """Samples finish while the first one's commit is still held; cancelling the run (as Ctrl-C
+    does) then waits for the commits and writes every committed sample's lines, once."""
+    import cai.store as store_module
+
+    release = threading.Event()
+    held_in_time: list[bool] = []
+    real = store_module._commit_group
+
+    def held_commit(db, group):
+        if any(batch.sample is not None for batch, _ in group):
+            held_in_time.append(release.wait(1))  # False: the worker waited for this commit
+        real(db, group)
+
+    monkeypatch.setattr(store_module, "_commit_group", held_commit)
+    three_finished = asyncio.Event()
+
+    async def work(sample: Sample) -> Outcome:
+        if sample.data["n"] == 3:
+            three_finished.set()
+            await asyncio.Event().wait()  # still running when the run is cancelled
+        return Outcome(record={"id": sample.id, "n": sample.data["n"]})
+
+    with RunStore(tmp_path, {}) as store:
+        run = asyncio.create_task(Runner(store, WRITERS, concurrency=1, progress=False).run(_samples(4), work))
+        await three_finished.wait()
+        threading.Timer(0.2, release.set).start()  # the commits land while the run closes
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        assert store.status_counts() == {"done": 3}
+    assert held_in_time and all(held_in_time)
+    assert sorted(r["id"] for r in _lines(tmp_path / "out.jsonl")) == ["s0", "s1", "s2"]
+    assert [r["id"] for r in _lines(tmp_path / "even.jsonl")] == ["s0", "s2"]
+
+
+async def test_a_failed_output_write_stops_the_run_and_the_next_run_writes_each_sample_once(tmp_path):
+    def lines(record: dict) -> list[dict]:
+        if record["n"] == 2:
+            raise OSError("disk full")
+        return [record]
+
+    async def work(sample: Sample) -> Outcome:
+        await asyncio.sleep(0.01)
+        return Outcome(record={"id": sample.id, "n": sample.data["n"]})
+
+    with RunStore(tmp_path, {}) as store:
+        with pytest.raises(OSError, match="disk full"):
+            await Runner(store, [OutputWriter("out.jsonl", lines)], concurrency=1, progress=False).run(
+                _samples(10), work
+            )
+        assert 3 <= store.status_counts()["done"] < 10  # stopped soon after the failed write
+    with RunStore(tmp_path, {}) as store:
+        await Runner(store, [OutputWriter("out.jsonl", lambda r: [r])], progress=False).run(_samples(10), work)
+    assert sorted(r["n"] for r in _lines(tmp_path / "out.jsonl")) == list(range(10))
