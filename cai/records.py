@@ -100,12 +100,13 @@ class Verdict(TypedDict, total=False):
     details: list[Any]
 
 
-def _usage_fields(cls: type) -> tuple[str, ...]:
-    return tuple(name for name in _FIELDS[cls] if name.endswith("usage"))
+_SHARED = frozenset({str, float, int, bool, type(None)})
 
 
 def _plain(value: Any) -> Any:
     """A copy of a JSON-like value: dicts, lists and tuples rebuilt, records as dicts, the rest shared."""
+    if type(value) in _SHARED:  # most leaves: no isinstance walk
+        return value
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -122,7 +123,7 @@ def _to_dict(record: Any) -> dict[str, Any]:
 
 def _usages_from(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with its usage fields as ``Usage`` (absent ones: zero, as in traces stored before they existed)."""
-    return {**data, **{name: Usage.from_dict(data.get(name)) for name in _usage_fields(cls)}}
+    return {**data, **{name: Usage.from_dict(data.get(name)) for name in _USAGE_FIELDS[cls]}}
 
 
 @dataclass
@@ -210,3 +211,4 @@ class Trace:
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in (Step, Trace)}
+_USAGE_FIELDS = {cls: tuple(name for name in names if name.endswith("usage")) for cls, names in _FIELDS.items()}
