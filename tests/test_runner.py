@@ -439,3 +439,27 @@ async def test_a_failed_output_write_stops_the_run_and_the_next_run_writes_each_
     with RunStore(tmp_path, {}) as store:
         await Runner(store, [OutputWriter("out.jsonl", lambda r: [r])], progress=False).run(_samples(10), work)
     assert sorted(r["n"] for r in _lines(tmp_path / "out.jsonl")) == list(range(10))
+
+
+async def test_a_run_exempts_older_objects_from_collection_only_while_it_runs(tmp_path):
+    import gc
+
+    frozen: list[int] = []
+
+    async def work(sample: Sample) -> Outcome:
+        frozen.append(gc.get_freeze_count())
+        return Outcome(record={"id": sample.id, "n": sample.data["n"]})
+
+    before = gc.get_freeze_count()
+    with RunStore(tmp_path, {}) as store:
+        await Runner(store, WRITERS, progress=False).run(_samples(2), work)
+    assert before == 0 and gc.get_freeze_count() == 0
+    assert all(n > 0 for n in frozen)
+
+    gc.freeze()  # a process that froze objects itself keeps them frozen
+    try:
+        with RunStore(tmp_path, {}) as store:
+            await Runner(store, WRITERS, progress=False).run(_samples(3), work)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
