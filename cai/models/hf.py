@@ -12,6 +12,10 @@ Prefix reuse: each call's key/value states (prompt + answer) stay in an LRU
 cached tokens computes only the rest. ``prefix_cache=False`` (or ``CAI_PREFIX_CACHE=off``)
 turns it off; ``CAI_PREFIX_CACHE=<MiB>`` sets the budget. ``stats()`` counts prompt tokens
 sent vs computed.
+
+Speculation: each decode step may check up to ``draft_tokens`` drafts a row (tokens that
+followed the row's last few tokens earlier in its own text; see :mod:`cai.models.hf_decode`);
+``draft_tokens=0`` turns it off. The output distribution is unchanged.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ __all__ = ["HFChatModel", "load_hf"]
 
 PREFIX_CACHE_ENV = "CAI_PREFIX_CACHE"
 DEFAULT_PREFIX_CACHE_MB = 1024.0
+DEFAULT_DRAFT_TOKENS = 4
 
 
 def _default_device() -> str:
@@ -87,6 +92,7 @@ class HFChatModel(LocalChatModel):
         trust_remote_code: bool = False,
         prefix_cache: bool | None = None,
         prefix_cache_mb: float | None = None,
+        draft_tokens: int = DEFAULT_DRAFT_TOKENS,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -115,7 +121,11 @@ class HFChatModel(LocalChatModel):
         cache: PrefixCache[LayerStates] | None = None
         if budget and full_attention_only(self.model.config):  # prefixes need every past state
             cache = PrefixCache(budget)
-        self._decoder = BatchDecoder(self.model, self.tokenizer, eos_ids, pad_id, prefix_cache=cache)
+        if draft_tokens < 0:
+            raise PermanentModelError(f"draft_tokens must be >= 0 (got {draft_tokens})", reason="bad_request")
+        self._decoder = BatchDecoder(
+            self.model, self.tokenizer, eos_ids, pad_id, prefix_cache=cache, draft_tokens=draft_tokens
+        )
         size, window = (max_batch_size if micro_batching else 1), batch_window_ms / 1000.0
         self._batcher: ContinuousBatcher[DecodeRequest, Completion] | MicroBatcher[DecodeRequest, Completion]
         if continuous_batching:

@@ -7,6 +7,15 @@ Each row keeps its own sampling settings (greedy or temperature/top-p with its o
 generator), max_tokens and stop strings; finished rows leave the batch (and store their
 states in the prefix cache) so short requests do not pay for long ones. Log-probs are those
 of the model's distribution (temperature 1), like OpenAI and vLLM report them.
+
+Speculation (``draft_tokens`` > 0): a row whose last tokens occurred earlier in its own text
+(:mod:`cai.models.ngram_draft`) feeds what followed them as drafts in the same decode step,
+and keeps the drafts the model agrees with plus one token of its own. Greedy rows keep a
+draft when it is the argmax; sampled rows accept it with its probability and otherwise
+sample from the rest (speculative sampling with a one-token draft distribution), so both
+produce the distribution they would without drafts. On CPU a step is bound by reading the
+weights, so checking a few drafts costs little more than one token. Rejected drafts leave
+masked columns in the batch cache ("holes"); the cache is compacted when they add up.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from typing import Any
 import torch
 
 from cai.models.base import Completion, FinishReason, GenParams, TokenLogprob, Usage
+from cai.models.ngram_draft import NgramDrafter
 from cai.models.prefix_cache import PrefixCache
 
 # per layer: (keys, values), each [1, kv_heads, tokens, head_dim]
@@ -46,6 +56,8 @@ class DecodeStats:
     decode_s: float = 0.0  # seconds in batched decode steps
     decode_steps: int = 0
     decode_rows: int = 0  # rows summed over decode steps (/ steps: the mean batch size)
+    drafted: int = 0  # draft tokens checked
+    accepted: int = 0  # draft tokens kept
 
     @property
     def cached_tokens(self) -> int:
@@ -62,6 +74,8 @@ class DecodeStats:
             "decode_s": round(self.decode_s, 3),
             "decode_steps": self.decode_steps,
             "decode_rows": self.decode_rows,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
         }
 
 
@@ -75,11 +89,34 @@ class _Row:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish: FinishReason | None = None
     stop_at: int | None = None  # char offset of a matched stop string
+    drafter: NgramDrafter | None = None  # with speculation: the row's tokens, for drafts
 
     @property
     def fed(self) -> list[int]:
         """The tokens whose states the model has computed (the last pick is not fed yet)."""
         return self.req.input_ids + self.sampled[:-1]
+
+
+def _probs(logits: torch.Tensor, params: GenParams) -> torch.Tensor:
+    """The distribution a sampled row draws from: temperature, then the top-p nucleus."""
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        drop = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= params.top_p
+        probs = probs.clone()
+        probs[order[drop]] = 0.0
+        probs /= probs.sum()
+    return probs
+
+
+def _check_draft(logits: torch.Tensor, params: GenParams, generator: torch.Generator | None, draft: int) -> int:
+    """A sampled row's token at a drafted position: the draft with its probability, else a
+    draw from the rest of the distribution (what the row would have drawn without drafts)."""
+    probs = _probs(logits, params)
+    if float(torch.rand((), generator=generator)) < float(probs[draft]):
+        return draft
+    probs[draft] = 0.0
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
 
 
 def _pick_token(logits: torch.Tensor, params: GenParams, generator: torch.Generator | None) -> int:
@@ -95,6 +132,8 @@ def _pick_token(logits: torch.Tensor, params: GenParams, generator: torch.Genera
 
 
 SPARE_TOKENS = 128  # room a batch cache keeps past its width, so decode steps write in place
+MAX_HOLES = 64  # masked columns the longest row may carry before the batch cache is compacted
+STEP_TOKENS = 16  # tokens one decode step feeds at most (rows + their drafts): past that, compute costs
 
 
 def full_attention_only(config: Any) -> bool:
@@ -197,6 +236,7 @@ class _Batch:
         self.cache: Any = None
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
         self.positions = torch.zeros((0,), dtype=torch.long, device=self.device)
+        self._step_start = 0  # first column of the last step's input
 
     @property
     def width(self) -> int:
@@ -230,13 +270,11 @@ class _Batch:
         self.rows += rows
         self.lengths += lengths
 
-    def row_states(self, i: int) -> LayerStates:
-        """A copy of row ``i``'s states (a view would keep the whole batch cache alive)."""
-        n = self.lengths[i]
-        return [
-            (layer.keys[i : i + 1, :, -n:].clone(), layer.values[i : i + 1, :, -n:].clone())
-            for layer in self.cache.layers
-        ]
+    def row_states(self, i: int, n: int) -> LayerStates:
+        """A copy of the first ``n`` states of row ``i`` (a view would keep the whole batch
+        cache alive); rejected drafts' columns are skipped."""
+        index = self.mask[i].nonzero().squeeze(1)[:n]
+        return [(layer.keys[i : i + 1, :, index], layer.values[i : i + 1, :, index]) for layer in self.cache.layers]
 
     def keep(self, indices: list[int]) -> None:
         """Keep only these rows, and drop the columns that are padding for all of them."""
@@ -248,34 +286,63 @@ class _Batch:
         self.mask, self.positions = self.mask[index], self.positions[index]
         self.rows = [self.rows[i] for i in indices]
         self.lengths = [self.lengths[i] for i in indices]
-        unused = self.width - max(self.lengths)
+        unused = int(self.mask.any(0).nonzero()[0])  # leading columns that are padding in every row
         if unused > 0:
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
             self.mask = self.mask[:, unused:]
 
-    def step(self, model: Any) -> torch.Tensor:
-        """Feed each row its last picked token; the next-token logits, [rows, vocab] on the CPU."""
-        tokens = [row.sampled[-1] for row in self.rows]
-        step_input = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
-        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+    def _compact(self) -> None:
+        """Move each row's states together, right-aligned (dropping rejected drafts' columns)."""
+        width = max(self.lengths)
+        index = [self.mask[i].nonzero().squeeze(1) for i in range(len(self.rows))]
+        layers = []
+        for layer in self.cache.layers:
+            keys = layer.keys.new_zeros((*layer.keys.shape[:2], width, layer.keys.shape[3]))
+            values = torch.zeros_like(keys)
+            for i, (cols, n) in enumerate(zip(index, self.lengths)):
+                keys[i, :, width - n :] = layer.keys[i, :, cols]
+                values[i, :, width - n :] = layer.values[i, :, cols]
+            layers.append((keys, values))
+        self.cache = batch_cache(layers, self.config, self.in_place)
+        self.mask = torch.zeros((len(self.rows), width), dtype=torch.long, device=self.device)
+        for i, n in enumerate(self.lengths):
+            self.mask[i, width - n :] = 1
+
+    def step(self, model: Any, drafts: list[list[int]]) -> torch.Tensor:
+        """Feed each row its last picked token and its drafts (rows with fewer are padded with
+        masked columns); the logits after each fed token, [rows, 1 + most drafts, vocab] on
+        the CPU. ``settle`` then says how many drafts each row keeps."""
+        width = 1 + max(map(len, drafts))
+        tokens = [[row.sampled[-1], *d] + [0] * (width - 1 - len(d)) for row, d in zip(self.rows, drafts)]
+        fed = torch.tensor([[1] * (1 + len(d)) + [0] * (width - 1 - len(d)) for d in drafts], device=self.device)
+        self._step_start = self.width
+        self.mask = torch.cat([self.mask, fed.to(self.mask.dtype)], dim=1)
         out = model(
-            input_ids=step_input,
+            input_ids=torch.tensor(tokens, dtype=torch.long, device=self.device),
             attention_mask=self.mask,
-            position_ids=self.positions[:, None],
+            position_ids=self.positions[:, None] + torch.arange(width, device=self.device),
             past_key_values=self.cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=width,
         )
-        self.positions = self.positions + 1
-        self.lengths = [n + 1 for n in self.lengths]
-        return out.logits[:, -1, :].float().cpu()
+        return out.logits.float().cpu()
+
+    def settle(self, kept: list[int]) -> None:
+        """After ``step``: row ``i`` keeps ``kept[i]`` drafts; the columns of the rest are masked."""
+        for i, k in enumerate(kept):
+            self.mask[i, self._step_start + 1 + k :] = 0
+        self.positions = self.positions + torch.tensor(kept, device=self.device) + 1
+        self.lengths = [n + 1 + k for n, k in zip(self.lengths, kept)]
+        if self.width > max(self.lengths) + MAX_HOLES:
+            self._compact()
 
 
 class BatchDecoder:
     """Decodes batches of requests. With ``prefix_cache`` (used from one thread at a time),
     prompts reuse the states of the longest cached prefix and every finished call stores its
-    own (prompt + answer) for the next one; ``stats`` counts the prompt tokens computed."""
+    own (prompt + answer) for the next one; ``stats`` counts the prompt tokens computed.
+    ``draft_tokens``: drafts a row may check per step (0: no speculation)."""
 
     def __init__(
         self,
@@ -284,8 +351,10 @@ class BatchDecoder:
         eos_ids: set[int],
         pad_id: int,
         prefix_cache: PrefixCache[LayerStates] | None = None,
+        draft_tokens: int = 0,
     ):
         self.model = model
+        self.draft_tokens = draft_tokens
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.pad_id = pad_id
@@ -308,6 +377,8 @@ class BatchDecoder:
     def _record(self, row: _Row, token: int, logp: torch.Tensor | None) -> None:
         params = row.req.params
         row.sampled.append(token)
+        if row.drafter is not None:
+            row.drafter.append(token)
         if params.logprobs and logp is not None:
             top: dict[str, float] = {}
             if params.top_logprobs > 0:
@@ -328,17 +399,38 @@ class BatchDecoder:
         if len(row.sampled) >= row.req.max_new_tokens:
             row.finish = "length"
 
-    def _pick_all(self, rows: Sequence[_Row], logits: torch.Tensor) -> list[int]:
-        """Pick and record the next token of each row (``logits``: [rows, vocab])."""
+    def _pick_all(self, rows: Sequence[_Row], logits: torch.Tensor, drafts: list[list[int]]) -> list[int]:
+        """Pick and record each row's tokens; ``logits`` [rows, positions, vocab] follow its last
+        token and each of its ``drafts``. Returns the drafts each row keeps."""
         greedy = torch.argmax(logits, dim=-1).tolist()
         logp = torch.log_softmax(logits, dim=-1) if any(r.req.params.logprobs for r in rows) else None
-        picked = []
-        for j, row in enumerate(rows):
+        kept = []
+        for i, (row, draft) in enumerate(zip(rows, drafts)):
             params = row.req.params
-            token = greedy[j] if params.temperature <= 0 else _pick_token(logits[j], params, row.generator)
-            self._record(row, token, logp[j] if logp is not None else None)
-            picked.append(token)
-        return picked
+            j = 0
+            while True:
+                if params.temperature <= 0:
+                    token = greedy[i][j]
+                elif j < len(draft):
+                    token = _check_draft(logits[i, j], params, row.generator, draft[j])
+                else:
+                    token = _pick_token(logits[i, j], params, row.generator)
+                self._record(row, token, logp[i, j] if logp is not None else None)
+                if row.finish is not None or j == len(draft) or token != draft[j]:
+                    break
+                j += 1
+            kept.append(j)
+        return kept
+
+    def _drafts(self, rows: Sequence[_Row]) -> list[list[int]]:
+        """Each row's drafts for the next step, within ``STEP_TOKENS`` and its token budget."""
+        limit = min(self.draft_tokens, STEP_TOKENS // max(1, len(rows)) - 1)
+        return [
+            row.drafter.propose(min(limit, row.req.max_new_tokens - len(row.sampled) - 1))
+            if row.drafter is not None and limit > 0
+            else []
+            for row in rows
+        ]
 
     def _completion(self, row: _Row) -> Completion:
         text = self._text(row.tokens)
@@ -400,11 +492,16 @@ class BatchDecoder:
     def admit(self, items: Sequence[tuple[Any, DecodeRequest]]) -> None:
         """Prefill these requests (``(key, request)``) and add them to the running batch."""
         rows = [
-            _Row(req, torch.Generator().manual_seed(req.params.seed) if req.params.seed is not None else None, key)
+            _Row(
+                req,
+                torch.Generator().manual_seed(req.params.seed) if req.params.seed is not None else None,
+                key,
+                drafter=NgramDrafter(req.input_ids) if self.draft_tokens else None,
+            )
             for key, req in items
         ]
         prefilled = [self._prefill(row) for row in rows]
-        self._pick_all(rows, torch.stack([logits for _, logits in prefilled]))
+        self._pick_all(rows, torch.stack([logits for _, logits in prefilled])[:, None], [[] for _ in rows])
         self._done += [row for row in rows if row.finish is not None]
         going = [i for i, row in enumerate(rows) if row.finish is None]
         if going:
@@ -416,19 +513,24 @@ class BatchDecoder:
         done, self._done = self._done, []
         batch = self._batch
         if batch.rows:
+            drafts = self._drafts(batch.rows)
             start = time.perf_counter()
-            logits = batch.step(self.model)
+            logits = batch.step(self.model, drafts)
             self.stats.decode_s += time.perf_counter() - start
             self.stats.decode_steps += 1
             self.stats.decode_rows += len(batch.rows)
-            self._pick_all(batch.rows, logits)
+            kept = self._pick_all(batch.rows, logits, drafts)
+            batch.settle(kept)
+            self.stats.drafted += sum(map(len, drafts))
+            self.stats.accepted += sum(kept)
             keep = [j for j, row in enumerate(batch.rows) if row.finish is None]
             if len(keep) < len(batch.rows):
                 for j, row in enumerate(batch.rows):
                     if row.finish is not None:
                         done.append(row)
                         if self.prefix_cache is not None:
-                            self._store(row.fed, batch.row_states(j))
+                            fed = row.fed
+                            self._store(fed, batch.row_states(j, len(fed)))
                 batch.keep(keep)
         return [(row.key, self._completion(row)) for row in done]
 
