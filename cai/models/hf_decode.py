@@ -120,15 +120,8 @@ def _check_draft(logits: torch.Tensor, params: GenParams, generator: torch.Gener
 
 
 def _pick_token(logits: torch.Tensor, params: GenParams, generator: torch.Generator | None) -> int:
-    """Sample one token with temperature and top-p (greedy rows are picked batch-wide)."""
-    probs = torch.softmax(logits / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
-        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
-        choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=generator))
+    """Sample one token from the row's distribution (greedy rows are picked batch-wide)."""
+    return int(torch.multinomial(_probs(logits, params), 1, generator=generator))
 
 
 SPARE_TOKENS = 128  # room a batch cache keeps past its width, so decode steps write in place
