@@ -1,7 +1,8 @@
 """Record types that cross module boundaries, and their TRL output forms: the one place that
 defines them and converts between them.
 
-- a chat message: ``{"role", "content"}`` (``Message``); ``check_messages`` validates a list of them;
+- a chat message: ``{"role", "content"}`` (``Message``); ``check_messages`` validates a list of them,
+  ``content_text`` reads a content given as OpenAI content parts;
 - an SFT row: ``{"messages": [...prompt, assistant answer]}`` (``sft_row``);
 - a preference row: ``{"prompt", "chosen", "rejected"}`` (TRL conversational), with the
   judge's ``score_chosen``, ``score_rejected``, ``margin`` and ``consistent`` when a judge
@@ -16,7 +17,7 @@ timing) take their defaults when a stored trace lacks them.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
@@ -31,32 +32,45 @@ def message(role: str, content: str) -> Message:
     return {"role": role, "content": content}
 
 
+def _value_error(field: str, problem: str) -> Exception:
+    return ValueError(f"{field}: {problem}")
+
+
 def check_messages(
     value: Any,
     name: str = "messages",
     *,
     roles: Collection[str] | None = CHAT_ROLES,
     last_role: str | None = None,
+    error: Callable[[str, str], Exception] = _value_error,
 ) -> list[Message]:
     """``value`` as a list of plain ``{"role", "content"}`` messages (other keys dropped).
 
     ``roles``: the roles allowed (None: any string); ``last_role``: the role the last message
-    must have. Raises ValueError whose message starts with the field, e.g.
+    must have. Raises ``error(field, problem)``, by default a ValueError ``field: problem``, e.g.
     ``messages[2].content: expected a string``."""
     if not isinstance(value, list) or not value:
-        raise ValueError(f"{name}: expected a non-empty list of messages")
+        raise error(name, "expected a non-empty list of messages")
     out = []
     for i, m in enumerate(value):
         role = m.get("role") if isinstance(m, dict) else None
-        if not isinstance(role, str) or (roles is not None and role not in roles):
+        if not isinstance(role, str) or (roles is not None and role not in roles) or "content" not in m:
             allowed = "|".join(roles) if roles is not None else "str"
-            raise ValueError(f"{name}[{i}]: expected {{'role': {allowed}, 'content': str}}")
-        if not isinstance(m.get("content"), str):
-            raise ValueError(f"{name}[{i}].content: expected a string")
+            raise error(f"{name}[{i}]", f"expected {{'role': {allowed}, 'content': str}}")
+        if not isinstance(m["content"], str):
+            raise error(f"{name}[{i}].content", "expected a string")
         out.append(message(role, m["content"]))
     if last_role is not None and out[-1]["role"] != last_role:
-        raise ValueError(f"{name}: the conversation must end with a {last_role} turn")
+        raise error(name, f"the conversation must end with a {last_role} turn")
     return out
+
+
+def content_text(content: Any) -> str:
+    """A message's content as text: OpenAI content parts as their ``text`` parts joined by
+    newlines (other parts left out), None as ""."""
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return str(content) if content else ""
 
 
 def sft_row(prompt: Sequence[Message], answer: str) -> dict[str, Any]:

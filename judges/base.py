@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Union
 
 from cai.models.base import Message, Usage
+from cai.records import check_messages, content_text, message
 
 Status = Literal["ok", "unparseable", "failed"]
 Prompt = Union[str, Sequence[Message]]
@@ -23,10 +24,11 @@ TIE_EPSILON = 0.02
 
 
 def as_messages(prompt: Prompt) -> list[Message]:
-    """A prompt given as text or as a conversation, as a list of messages."""
+    """A prompt given as text or as a conversation, as a list of plain messages; ValueError
+    naming the field for a malformed one (``prompt[1].content: expected a string``)."""
     if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    return [dict(m) for m in prompt]
+        return [message("user", prompt)]
+    return check_messages(list(prompt), "prompt", roles=None)
 
 
 def response_text(response: str | Sequence[Message] | Message) -> str:
@@ -40,17 +42,13 @@ def response_text(response: str | Sequence[Message] | Message) -> str:
 
 
 def _message_text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, list):
-        content = "\n".join(
-            str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
+    content = content_text(message.get("content"))
     calls = []
     for call in message.get("tool_calls") or []:
         fn = call.get("function", call) if isinstance(call, dict) else {}
         args = fn.get("arguments", "")
         calls.append(f"[tool call] {fn.get('name', '?')}({args if isinstance(args, str) else json.dumps(args)})")
-    return "\n".join(([str(content)] if content else []) + calls)
+    return "\n".join(([content] if content else []) + calls)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from judges import (
     ensemble,
     load_judge,
 )
-from judges.base import PointwiseJudge
+from judges.base import PointwiseJudge, as_messages, response_text
 from judges.choices import parse_ab, parse_score, parse_yes_no
 from judges.prompts import pairwise_messages
 from judges.rules import LengthJudge, RefusalJudge, RegexJudge
@@ -177,6 +177,21 @@ def test_responses_cannot_break_out_of_their_block():
     assert content.count("</conversation>") == 1
     assert "&lt;/response_a>" in content
     assert content.rstrip().endswith("Answer with a single letter, A or B.")
+
+
+def test_prompts_are_read_as_plain_messages_naming_a_bad_field():
+    assert as_messages("hi") == [{"role": "user", "content": "hi"}]
+    conversation = [{"role": "system", "content": "Be brief.", "name": "x"}, {"role": "tool", "content": "sunny"}]
+    assert as_messages(conversation) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "tool", "content": "sunny"},
+    ]
+    with pytest.raises(ValueError, match=r"^prompt\[1\]\.content: expected a string"):
+        as_messages([{"role": "user", "content": "q"}, {"role": "assistant", "content": None}])
+    with pytest.raises(ValueError, match=r"^prompt\[0\]: expected \{'role': str, 'content': str\}"):
+        as_messages([{"role": "user"}])
+    parts = [{"type": "text", "text": "I can't."}, {"type": "image_url"}, {"type": "text", "text": "Sorry."}]
+    assert response_text({"role": "assistant", "content": parts}) == "I can't.\nSorry."
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pydantic
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from cai.server.protocol import Choice, completion_json, models_body, sse_chunks
+from cai.server.protocol import ChatRequest, Choice, completion_json, models_body, sse_chunks
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 
@@ -58,3 +58,19 @@ def test_models_body() -> None:
         "object": "list",
         "data": [{"id": "cai", "object": "model", "created": 0, "owned_by": "cai"}],
     }
+
+
+def test_content_parts_become_text_and_other_parts_are_refused() -> None:
+    parts = [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Really."}]
+    request = ChatRequest.model_validate(
+        {"model": "m", "messages": [{"role": "developer", "content": parts}, {"role": "user", "content": "hi"}]}
+    )
+    assert request.chat_messages() == [
+        {"role": "system", "content": "Be brief.\nReally."},
+        {"role": "user", "content": "hi"},
+    ]
+    image = ChatRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": [*parts, {"type": "image_url", "image_url": {}}]}]}
+    )
+    with pytest.raises(ValueError, match="only text content parts are supported"):
+        image.chat_messages()

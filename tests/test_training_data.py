@@ -47,6 +47,10 @@ def test_sft_records_split_into_prompt_and_completion(tmp_path):
         ({"prompt": PROMPT, "chosen": [GOOD], "rejected": [GOOD]}, "identical"),
         ({"prompt": PROMPT, "chosen": [{"role": "assistant"}], "rejected": [BAD]}, "field 'chosen[0]'"),
         (
+            {"prompt": PROMPT, "chosen": [{"role": "assistant", "content": 5}], "rejected": [BAD]},
+            "field 'chosen[0].content': expected a string",
+        ),
+        (
             {"prompt": PROMPT, "chosen": [{"role": "user", "content": "x"}], "rejected": [BAD]},
             "last message must be from the assistant",
         ),

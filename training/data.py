@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import DataError as DataError  # its home was here; importers may keep using it
+from cai.models.base import Message
+from cai.records import check_messages
 
 SFT = "sft"
 PREFERENCES = "preferences"
@@ -87,15 +89,13 @@ def _json(text: str, path: Path, line_offset: int) -> Any:
         raise DataError(f"{path}:{line_offset + exc.lineno}: invalid JSON: {exc.msg}") from None
 
 
-def _messages(value: Any, where: str, field: str, *, last_role: str | None = None) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise DataError(f"{where}: field '{field}': expected a non-empty list of messages")
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise DataError(f"{where}: field '{field}[{i}]': expected {{'role': str, 'content': str}}")
-    if last_role and value[-1]["role"] != last_role:
+def _messages(value: Any, where: str, field: str, *, last_role: str | None = None) -> list[Message]:
+    messages = check_messages(
+        value, field, roles=None, error=lambda name, problem: DataError(f"{where}: field '{name}': {problem}")
+    )
+    if last_role and messages[-1]["role"] != last_role:
         raise DataError(f"{where}: field '{field}': last message must be from the {last_role}")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+    return messages
 
 
 def _text(value: Any) -> str:

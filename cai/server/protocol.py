@@ -21,6 +21,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cai.models.base import GenParams, Message, TokenLogprob, Usage
+from cai.records import content_text
 from cai.server.chat_markup import Markup, split_query
 from cai.server.errors import APIError
 
@@ -41,15 +42,13 @@ class ChatMessage(BaseModel):
     content: str | list[TextPart] | None = None
 
     def as_message(self) -> Message:
-        if isinstance(self.content, list):
-            texts = [p.text or "" for p in self.content if p.type == "text"]
-            if len(texts) != len(self.content):
-                raise ValueError("only text content parts are supported")
-            content = "\n".join(texts)
-        else:
-            content = self.content or ""
+        if isinstance(self.content, list) and any(p.type != "text" for p in self.content):
+            raise ValueError("only text content parts are supported")
         role = "system" if self.role == "developer" else self.role
-        message: dict[str, Any] = {"role": role, "content": content}
+        message: dict[str, Any] = {
+            "role": role,
+            "content": content_text(self.model_dump(include={"content"})["content"]),
+        }
         for name in TOOL_FIELDS:
             if (value := (self.model_extra or {}).get(name)) is not None:
                 message[name] = value
