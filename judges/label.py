@@ -18,6 +18,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from cai import records
 from cai.jobs import Job, JobContext, run_job
 from cai.models.base import ChatModel, GenParams, Message, Usage
 from cai.runner import Outcome, OutputWriter, RunSummary, Sample, Work
@@ -138,16 +139,8 @@ def preference_row(record: dict[str, Any], keep_inconsistent: bool) -> dict[str,
     if record.get("consistent") is False and not keep_inconsistent:
         return None
     candidates = record["candidates"]
-    return {
-        "id": record["id"],
-        "prompt": record["prompt"],
-        "chosen": [{"role": "assistant", "content": candidates[record["chosen_index"]]}],
-        "rejected": [{"role": "assistant", "content": candidates[record["rejected_index"]]}],
-        "score_chosen": record["score_chosen"],
-        "score_rejected": record["score_rejected"],
-        "margin": record["margin"],
-        "consistent": record["consistent"],
-    }
+    chosen, rejected = candidates[record["chosen_index"]], candidates[record["rejected_index"]]
+    return records.preference_row(record["prompt"], chosen, rejected, scores=record, id=record["id"])
 
 
 def _counters(record: dict[str, Any], keep_inconsistent: bool) -> dict[str, float]:

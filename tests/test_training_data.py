@@ -116,6 +116,23 @@ def test_prompt_dataset_keeps_reference():
     assert rows[1]["prompt"] == [{"role": "user", "content": "plain text"}] and rows[1]["reference"] is None
 
 
+def test_spin_pairs_are_preference_rows_without_reproduced_references(monkeypatch):
+    from cai.records import preference_row
+    from training import spin
+    from training.recipes import SpinOptions
+
+    answers = {"q0": BAD["content"], "q1": f" {GOOD['content']} ", "q2": " "}
+
+    async def policy_answers(model_dir, prompts, params):
+        return [answers[p[-1]["content"]] for p in prompts]
+
+    monkeypatch.setattr(spin, "policy_answers", policy_answers)
+    rows = [{"prompt": [{"role": "user", "content": q}], "reference": GOOD["content"]} for q in answers]
+    pairs = spin.spin_pairs("unused", rows, SpinOptions.model_validate({}), seed=0)
+    assert pairs == [preference_row(rows[0]["prompt"], GOOD["content"], BAD["content"])]
+    assert pairs[0]["chosen"] == [GOOD] and pairs[0]["rejected"] == [BAD]
+
+
 def test_shipped_recipes_load_and_embedded_ones_build_trl_configs(tmp_path):
     names = shipped_recipes()
     assert {"sft-embedded-cpu", "dpo-embedded-cpu", "dpo-7b-1gpu", "dpo-7b-multi-gpu", "grpo-7b-1gpu"} <= set(names)

@@ -15,6 +15,7 @@ from typing import Any
 
 from cai.aio import run_sync
 from cai.models.base import GenParams
+from cai.records import preference_row
 from training.core import TrainResult, fit, resolve_model
 from training.data import preference_dataset, prompt_dataset
 from training.distributed import require_one_process
@@ -40,17 +41,11 @@ def spin_pairs(model_dir: str, rows: list[dict[str, Any]], options: SpinOptions,
     policy already answers exactly like the reference are dropped (nothing to learn)."""
     params = GenParams(max_tokens=options.max_new_tokens, temperature=options.temperature, seed=seed)
     answers = run_sync(policy_answers(model_dir, [r["prompt"] for r in rows], params))
-    pairs = []
-    for row, answer in zip(rows, answers):
-        if answer.strip() and answer.strip() != row["reference"].strip():
-            pairs.append(
-                {
-                    "prompt": row["prompt"],
-                    "chosen": [{"role": "assistant", "content": row["reference"]}],
-                    "rejected": [{"role": "assistant", "content": answer}],
-                }
-            )
-    return pairs
+    return [
+        preference_row(row["prompt"], row["reference"], answer)
+        for row, answer in zip(rows, answers)
+        if answer.strip() and answer.strip() != row["reference"].strip()
+    ]
 
 
 def train_spin(
