@@ -10,7 +10,6 @@ over-refusal; plus the revision funnel and why samples or revisions were dropped
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 import zlib
@@ -36,12 +35,6 @@ def _mean(values: Sequence[float]) -> float | None:
 
 def _share(count: int, total: int) -> float | None:
     return count / total if total else None
-
-
-def _refusal_pattern() -> re.Pattern[str]:
-    from judges.rules import REFUSAL_PATTERNS  # the one list of refusal openers
-
-    return re.compile("|".join(p for ps in REFUSAL_PATTERNS.values() for p in ps), re.IGNORECASE)
 
 
 # -- near-duplicates (MinHash over word 3-gram shingles, banded LSH, union-find;
@@ -232,12 +225,14 @@ def run_stats(run_dir: str | Path) -> dict[str, Any]:
     degenerate = Counter(s.note.split(":", 1)[1] for s in steps if s.note.startswith("degenerate"))
     verify = _judge(traces)
     revised = [t for t in traces if t.revised]
-    refusal = _refusal_pattern()
+    from judges.rules import RefusalJudge  # the one refusal rule, as the judge rules:refusal reads it
+
+    refusal = RefusalJudge(window=200)
     chosen = [p["chosen"][-1]["content"] for p in pairs]
 
     def refusal_share(texts: Iterable[str]) -> float | None:
         texts = list(texts)
-        return _share(sum(bool(refusal.search(t[:200])) for t in texts), len(texts))
+        return _share(sum(refusal.is_refusal(t) for t in texts), len(texts))
 
     return {
         "run": str(run_dir),
