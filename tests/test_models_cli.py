@@ -43,7 +43,12 @@ def test_models_chat_bad_spec_is_bad_input() -> None:
     assert result.stderr.startswith("error: ") and "nosuchbackend" in result.stderr
 
 
-def test_export_embedded_refuses_a_foreign_folder(tmp_path) -> None:
+def test_export_embedded_refuses_a_foreign_folder_as_bad_input(tmp_path) -> None:
     (tmp_path / "mine.txt").write_text("x")
     result = runner.invoke(app, ["models", "export-embedded", str(tmp_path)])
-    assert result.exit_code == 1 and "not an embedded-model export" in result.output
+    assert result.exit_code == 2, result.output
+    assert (
+        result.stderr
+        == f"error: {tmp_path.resolve()} exists and is not an embedded-model export; choose an empty dir\n"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]

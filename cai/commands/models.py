@@ -41,11 +41,14 @@ def export_embedded_cmd(
 ) -> None:
     """Write the embedded model as a plain HF folder (safetensors + tokenizer + chat template)
     that transformers, vLLM and TRL load. Made once and cached; later calls copy the cache."""
+    from cai.errors import InputFileError
     from cai.models.embedded import export_embedded
 
     try:
         out = export_embedded(dir)
-    except (FileExistsError, RuntimeError) as exc:
+    except FileExistsError as exc:  # a folder that holds something else: bad input (exit 2)
+        raise InputFileError(str(exc)) from None
+    except RuntimeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(str(out))
