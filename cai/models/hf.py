@@ -27,6 +27,7 @@ from typing import Any
 
 from cai.models.base import Completion, GenParams, Message, PermanentModelError
 from cai.models.batching import ContinuousBatcher, MicroBatcher
+from cai.models.grouped_attention import use_grouped_attention
 from cai.models.hf_decode import BatchDecoder, DecodeRequest, LayerStates, full_attention_only
 from cai.models.local import LocalChatModel
 from cai.models.prefix_cache import PrefixCache
@@ -108,6 +109,7 @@ class HFChatModel(LocalChatModel):
         except OSError as exc:
             raise PermanentModelError(f"cannot load transformers model {self.path!r}: {exc}") from exc
         self.model.eval()
+        use_grouped_attention(self.model)
         if not getattr(self.tokenizer, "chat_template", None):
             raise PermanentModelError(f"model {self.path!r} has no chat template; cai needs a chat model")
         eos = self.model.generation_config.eos_token_id
