@@ -1,4 +1,4 @@
-"""The embedded model on CPU: the demo workload on three configurations of the transformers
+"""The embedded model on CPU: the demo workload on several configurations of the transformers
 backend (not a test).
 
 The workload is ``make demo``'s (``cai generate examples/red_team_prompts.jsonl --limit 8
@@ -7,12 +7,13 @@ then sampled (temperature 0.7, seed 0), on:
 
 - ``before``: the backend as it was when the performance issue was filed: whole batches that
   finish together (``continuous_batching=False``), no prefix reuse (``prefix_cache=False``),
-  no speculation (``draft_tokens=0``);
+  no speculation (``draft_tokens=0``), ``torch.nn.Linear`` (``pack_weights=False``);
 - ``cache off``: today's backend with the prefix cache off;
 - ``no drafts``: today's backend without speculation;
+- ``plain linears``: today's backend with ``torch.nn.Linear`` (``pack_weights=False``);
 - ``default``: today's backend (continuous batching, the prefix cache, n-gram drafts).
 
-All three run today's decode loop (its in-place cache appends make ``before`` faster than the
+All of them run today's decode loop (its in-place cache appends make ``before`` faster than the
 filed backend was, so the ratios are conservative). Reports default vs before (target >= 3x)
 and vs the others, whether the greedy outputs are identical (sampled ones are not expected to
 be: speculative sampling keeps the distribution, not the random stream), the prompt tokens
@@ -62,9 +63,10 @@ def _sample_text(trace: Any) -> str:
 
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "before": {"prefix_cache": False, "continuous_batching": False, "draft_tokens": 0},
+    "before": {"prefix_cache": False, "continuous_batching": False, "draft_tokens": 0, "pack_weights": False},
     "cache off": {"prefix_cache": False},
     "no drafts": {"draft_tokens": 0},
+    "plain linears": {"pack_weights": False},
     "default": {},
 }
 
@@ -147,7 +149,7 @@ def rows(quick: bool = False, *, limit: int | None = None, max_tokens: int = 128
         for name, config in CONFIGS.items():
             runs[name] = asyncio.run(run_workload(config, params, limit, revisions))
             print(_describe(name, runs[name]), flush=True)
-        for name in ("before", "cache off", "no drafts"):
+        for name in [n for n in CONFIGS if n != "default"]:
             out += _speedup(label, name, runs[name], runs["default"], params.temperature <= 0)
         out.append(_tokens(label, runs["default"]))
     return out

@@ -16,6 +16,11 @@ sent vs computed.
 Speculation: each decode step may check up to ``draft_tokens`` drafts a row (tokens that
 followed the row's last few tokens earlier in its own text; see :mod:`cai.models.hf_decode`);
 ``draft_tokens=0`` turns it off. The output distribution is unchanged.
+
+On CPU the float32 linear layers run on oneDNN with pre-packed weights
+(:mod:`cai.models.packed_linear`: faster for the few rows of a decode step; the same results up
+to float rounding); ``pack_weights=False`` keeps ``torch.nn.Linear``. Grouped-query attention
+reads the key/value cache without repeating it (:mod:`cai.models.grouped_attention`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from cai.models.batching import ContinuousBatcher, MicroBatcher
 from cai.models.grouped_attention import use_grouped_attention
 from cai.models.hf_decode import BatchDecoder, DecodeRequest, LayerStates, full_attention_only
 from cai.models.local import LocalChatModel
+from cai.models.packed_linear import pack_linears
 from cai.models.prefix_cache import PrefixCache
 
 __all__ = ["HFChatModel", "load_hf"]
@@ -94,6 +100,7 @@ class HFChatModel(LocalChatModel):
         prefix_cache: bool | None = None,
         prefix_cache_mb: float | None = None,
         draft_tokens: int = DEFAULT_DRAFT_TOKENS,
+        pack_weights: bool = True,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -110,6 +117,7 @@ class HFChatModel(LocalChatModel):
             raise PermanentModelError(f"cannot load transformers model {self.path!r}: {exc}") from exc
         self.model.eval()
         use_grouped_attention(self.model)
+        self.packed_linears = pack_linears(self.model) if pack_weights else 0  # float32 on CPU only
         if not getattr(self.tokenizer, "chat_template", None):
             raise PermanentModelError(f"model {self.path!r} has no chat template; cai needs a chat model")
         eos = self.model.generation_config.eos_token_id
