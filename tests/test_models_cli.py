@@ -43,7 +43,9 @@ def test_models_chat_bad_spec_is_bad_input() -> None:
     assert result.stderr.startswith("error: ") and "nosuchbackend" in result.stderr
 
 
-def test_export_embedded_refuses_a_foreign_folder_as_bad_input(tmp_path) -> None:
+def test_export_embedded_refuses_a_foreign_folder_as_bad_input(tmp_path, monkeypatch) -> None:
+    cache = tmp_path.parent / f"{tmp_path.name}-cache"
+    monkeypatch.setenv("CAI_CACHE_DIR", str(cache))  # empty: a check after the export would build it
     (tmp_path / "mine.txt").write_text("x")
     result = runner.invoke(app, ["models", "export-embedded", str(tmp_path)])
     assert result.exit_code == 2, result.output
@@ -52,3 +54,4 @@ def test_export_embedded_refuses_a_foreign_folder_as_bad_input(tmp_path) -> None
         == f"error: {tmp_path.resolve()} exists and is not an embedded-model export; choose an empty dir\n"
     )
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+    assert not cache.exists()  # refused before the minute-long first export

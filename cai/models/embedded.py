@@ -116,17 +116,18 @@ def export_embedded(dir: str | os.PathLike[str] | None = None) -> Path:
     With ``dir=None`` the folder lives in the cai cache dir. With ``dir`` the cached export is
     copied there (atomically) and ``dir`` is returned.
     """
+    target = None if dir is None else Path(dir).expanduser().resolve()
+    # checked before the (minute-long) first export, so a wrong folder fails at once
+    if target is not None and target.exists() and not _is_complete(target) and any(target.iterdir()):
+        raise FileExistsError(f"{target} exists and is not an embedded-model export; choose an empty dir")
     gguf = embedded_gguf_path()
     digest = _file_digest(gguf)[:16]
     root = cache_dir() / "embedded"
     root.mkdir(parents=True, exist_ok=True)
     cached = _atomic_export(root / f"{EMBEDDED_NAME}-{digest}", lambda tmp: _write_hf_folder(gguf, tmp))
-    if dir is None:
+    if target is None:
         return cached
-    target = Path(dir).expanduser().resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and not _is_complete(target) and any(target.iterdir()):
-        raise FileExistsError(f"{target} exists and is not an embedded-model export; choose an empty dir")
 
     def copy(tmp: Path) -> None:
         shutil.copytree(cached, tmp, dirs_exist_ok=True)
