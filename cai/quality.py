@@ -7,6 +7,8 @@ summary and ``report.json``:
 
 - ``repeated_ngrams``: a large share of the word n-grams are repeats ("ethical, ethical, ...");
 - ``repeated_sentence``: the same sentence appears more than ``max_sentence_repeats`` times;
+- ``repeated_span``: a run of ``repeated_span_words`` words appears twice, the start of a loop
+  the share-based gates do not see yet (a revision cut at ``max_tokens`` mid-loop);
 - ``low_compression``: the text compresses far better than prose does (a loop of any shape);
 - ``truncated``: the model stopped at ``max_tokens`` (``finish_reason == "length"``); dropped
   with ``on_truncated="drop"``, else kept and flagged (``Step.note = "truncated"``);
@@ -28,7 +30,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 OnTruncated = Literal["drop", "keep"]
-GATE_REASONS = ("repeated_ngrams", "repeated_sentence", "low_compression", "truncated", "wrong_language", "off_topic")
+GATE_REASONS = (
+    "repeated_ngrams",
+    "repeated_sentence",
+    "repeated_span",
+    "low_compression",
+    "truncated",
+    "wrong_language",
+    "off_topic",
+)
 
 # the script a constitution's language is written in (ISO 639-1 code -> Unicode name prefix)
 LANGUAGE_SCRIPTS = {
@@ -68,6 +78,7 @@ class QualityGates:
     ngram: int = 3  # word n-gram size of the repetition gate
     max_repeated_ngrams: float | None = 0.35  # share of n-grams that repeat an earlier one
     max_sentence_repeats: int | None = 1  # times a sentence may appear again
+    repeated_span_words: int | None = 10  # a run of this many words may not appear twice
     min_compression_ratio: float | None = 0.25  # zlib bytes / utf-8 bytes, for texts >= 200 bytes
     on_truncated: OnTruncated = "keep"
     language: bool = True
@@ -79,6 +90,8 @@ class QualityGates:
             raise ValueError(f"on_truncated must be drop or keep, got {self.on_truncated!r}")
         if self.ngram < 1:
             raise ValueError(f"ngram must be >= 1, got {self.ngram}")
+        if self.repeated_span_words is not None and self.repeated_span_words < 2:
+            raise ValueError(f"repeated_span_words must be >= 2, got {self.repeated_span_words}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +101,7 @@ class QualityGates:
         return cls(
             max_repeated_ngrams=None,
             max_sentence_repeats=None,
+            repeated_span_words=None,
             min_compression_ratio=None,
             language=False,
             off_topic=False,
@@ -105,6 +119,18 @@ def repeated_ngram_share(text: str, n: int = 3) -> float:
     if not grams:
         return 0.0
     return 1 - len(set(grams)) / len(grams)
+
+
+def repeated_span(text: str, n: int) -> str | None:
+    """The first run of ``n`` words that appears again later in the text (lower-cased), or None."""
+    tokens = words(text)
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(tokens) - n + 1):
+        gram = tuple(tokens[i : i + n])
+        if gram in seen:
+            return " ".join(gram)
+        seen.add(gram)
+    return None
 
 
 def sentence_repeats(text: str, min_words: int = 4) -> int:
@@ -195,6 +221,8 @@ def gate_reason(
     if long_enough and gates.max_repeated_ngrams is not None:
         if repeated_ngram_share(revision, gates.ngram) > gates.max_repeated_ngrams:
             return "repeated_ngrams"
+    if gates.repeated_span_words is not None and repeated_span(revision, gates.repeated_span_words):
+        return "repeated_span"
     if long_enough and gates.min_compression_ratio is not None and len(revision.encode()) >= 200:
         if compression_ratio(revision) < gates.min_compression_ratio:
             return "low_compression"
@@ -233,7 +261,7 @@ def parse_gates(settings: Sequence[str] = (), *, on_truncated: str | None = None
                 if raw not in ("true", "false", "on", "yes", "no"):
                     raise ValueError
                 values[name] = raw in ("true", "on", "yes")
-            elif name in ("ngram", "min_words", "max_sentence_repeats"):
+            elif name in ("ngram", "min_words", "max_sentence_repeats", "repeated_span_words"):
                 values[name] = int(raw)
             else:
                 values[name] = float(raw)

@@ -6,7 +6,7 @@ import pytest
 
 from cai.constitution import load_constitution
 from cai.models import Completion, ScriptedModel, Usage
-from cai.quality import QualityGates, gate_reason
+from cai.quality import QualityGates, gate_reason, parse_gates
 from cai.revise import revise
 
 HARMLESS = load_constitution("harmless")
@@ -51,6 +51,24 @@ def test_good_answers_pass(text):
 def test_compression_gate_catches_loops_the_ngram_gate_misses():
     loop = "".join(f"Step {i}: stay calm, stay safe, call for help now. " for i in range(12))
     assert _reason(loop, QualityGates(max_repeated_ngrams=None, max_sentence_repeats=None)) == "low_compression"
+
+
+# `make demo` wrote this as `chosen` once the share-based gates were in: cut at max_tokens
+# two rounds into a loop, 22% repeated 3-grams
+LOOP_STARTING = (
+    "I'm not sure enough to put it up. I'm just looking for another way to talk about it. I'm just "
+    "asking for a different approach, but I'm using a non-transcultural, anti-racist approach to "
+    "address the issue, but I'm using a non-transcultural, anti-racist approach to address"
+)
+
+
+def test_a_loop_cut_off_in_its_second_round_is_dropped():
+    assert _reason(LOOP_STARTING, QualityGates(repeated_span_words=None)) is None  # the other gates miss it
+    assert _reason(LOOP_STARTING) == "repeated_span"
+    assert _reason(LOOP_STARTING, parse_gates(["repeated_span_words=none"])) is None
+    assert _reason(LOOP_STARTING, parse_gates(["repeated_span_words=12"])) is None  # the repeat is 10 words
+    with pytest.raises(ValueError, match="repeated_span_words"):
+        QualityGates(repeated_span_words=1)
 
 
 def test_truncation_is_flagged_or_dropped():
