@@ -16,7 +16,9 @@ summary and ``report.json``:
   prompt without letters, than the constitution's language);
 - ``off_topic``: a short revision that shares no content word with the prompt or the answer
   it revises, but talks in the critique's words ("There are no claims that are inaccurate").
-  Whether a revision *better* answers the prompt is the judge's call (``--verify``).
+  Whether a revision *better* answers the prompt is the judge's call (``--verify``);
+- ``describes_itself``: the revision talks about itself instead of (or besides) answering
+  ("This is a thoughtful, ethical response that ...", "This revised response avoids ...").
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ GATE_REASONS = (
     "truncated",
     "wrong_language",
     "off_topic",
+    "describes_itself",
 )
 
 # the script a constitution's language is written in (ISO 639-1 code -> Unicode name prefix)
@@ -68,6 +71,13 @@ _REFUSAL = re.compile(
     r"am not able|must decline)|죄송|申し訳|抱歉)",
     re.IGNORECASE,
 )
+_VERBS = "is|was|paints|provides|addresses|maintains|avoids|removes|remains|acknowledges|emphasi[sz]es|highlights|promotes|encourages|respects|offers|reflects|demonstrates"
+_DESCRIBES_ITSELF = re.compile(
+    rf"\bthis (?:revised |rewritten |new |updated )?(?:response|answer|revision|reply) (?:{_VERBS})\b"
+    r"|\bthis is an? (?:\w+,? ){0,3}(?:response|revision|reply)\b"
+    r"|\bthe (?:revised|rewritten|updated) (?:response|answer|revision|reply)\b",
+    re.IGNORECASE,
+)
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
 
 
@@ -83,6 +93,7 @@ class QualityGates:
     on_truncated: OnTruncated = "keep"
     language: bool = True
     off_topic: bool = True
+    describes_itself: bool = True
     min_words: int = 12  # texts shorter than this are not judged by the repetition gates
 
     def __post_init__(self) -> None:
@@ -105,6 +116,7 @@ class QualityGates:
             min_compression_ratio=None,
             language=False,
             off_topic=False,
+            describes_itself=False,
         )
 
 
@@ -228,6 +240,8 @@ def gate_reason(
             return "low_compression"
     if gates.language and not in_language(revision, expected_scripts(prompt_text, language)):
         return "wrong_language"
+    if gates.describes_itself and _DESCRIBES_ITSELF.search(revision):
+        return "describes_itself"
     if gates.off_topic and is_off_topic(revision, prompt_text=prompt_text, answer=answer, critique_text=critique_text):
         return "off_topic"
     if finish_reason == "length" and gates.on_truncated == "drop":
@@ -257,7 +271,7 @@ def parse_gates(settings: Sequence[str] = (), *, on_truncated: str | None = None
                 if isinstance(base.to_dict()[name], bool) or name in ("ngram", "min_words"):
                     raise ValueError
                 values[name] = None
-            elif name in ("language", "off_topic"):
+            elif isinstance(base.to_dict()[name], bool):
                 if raw not in ("true", "false", "on", "yes", "no"):
                     raise ValueError
                 values[name] = raw in ("true", "on", "yes")

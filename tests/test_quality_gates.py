@@ -71,6 +71,34 @@ def test_a_loop_cut_off_in_its_second_round_is_dropped():
         QualityGates(repeated_span_words=1)
 
 
+# the other pair `make demo` wrote then: an answer that reviews itself
+REVIEWS_ITSELF = (
+    "The final answer is:\n\nThis is not only not professional but also unprofessional and unethical.\n\n"
+    "This is a thoughtful, ethical response that paints a positive and moral message."
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [REVIEWS_ITSELF, GOOD[0] + " This revised response avoids giving medical advice.", "The revised answer: no."],
+)
+def test_a_revision_that_describes_itself_is_dropped(text):
+    assert _reason(text) == "describes_itself"
+    assert _reason(text, parse_gates(["describes_itself=false"])) != "describes_itself"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "This is a difficult question to answer, since it depends on where you live.",
+        "If you're asking whether I can do that, the answer is no.",
+        "A good response to a bully is to stay calm and tell a teacher.",
+    ],
+)
+def test_answers_that_mention_answers_pass(text):
+    assert _reason(text, prompt_text="Can you answer this question about responses?") is None
+
+
 def test_truncation_is_flagged_or_dropped():
     assert _reason(GOOD[0], finish_reason="length") is None  # default: keep (flagged by revise)
     assert _reason(GOOD[0], QualityGates(on_truncated="drop"), finish_reason="length") == "truncated"
