@@ -6,7 +6,10 @@ step with drafts: on CPU that copies the whole batch cache (x3 for SmolLM2) in e
 Here the query heads that share a key/value head are stacked along the token axis instead
 (``[batch, kv_heads, groups * tokens, dim]``) and the mask is repeated to match, so attention
 reads the cache as it is. Each score and weighted sum is the same dot product either way, so
-the results are identical (``tests/test_hf.py`` compares them bit for bit).
+for several tokens the results are identical to transformers' (bit for bit,
+``tests/test_grouped_attention.py``). For one token transformers stacks the heads too but
+broadcasts the mask, which sends CPU SDPA to its generic kernel (3x slower at 8 rows); the full
+mask here keeps it on the fused one, with the same results up to float rounding.
 
 ``use_grouped_attention(model)`` switches a loaded model that uses ``sdpa`` to it.
 """
@@ -34,9 +37,9 @@ def grouped_sdpa(
 
     groups = getattr(module, "num_key_value_groups", 1)
     batch, heads, tokens, dim = query.shape
-    # no mask means is_causal (a fresh prompt), which stacking would break; one token and
-    # per-head masks are left to transformers (it packs the one-token case itself)
-    if groups == 1 or tokens == 1 or attention_mask is None or attention_mask.shape[1] != 1 or kwargs.get("softcap"):
+    # no mask means is_causal (a fresh prompt), which stacking would break; per-head masks
+    # are left to transformers
+    if groups == 1 or attention_mask is None or attention_mask.shape[1] != 1 or kwargs.get("softcap"):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
