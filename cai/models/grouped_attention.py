@@ -37,9 +37,15 @@ def grouped_sdpa(
 
     groups = getattr(module, "num_key_value_groups", 1)
     batch, heads, tokens, dim = query.shape
-    # no mask means is_causal (a fresh prompt), which stacking would break; per-head masks
-    # are left to transformers
-    if groups == 1 or attention_mask is None or attention_mask.shape[1] != 1 or kwargs.get("softcap"):
+    # no mask means is_causal (a fresh prompt), which stacking would break; per-head masks,
+    # position biases and softcaps are left to transformers
+    if (
+        groups == 1
+        or attention_mask is None
+        or attention_mask.shape[1] != 1
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("softcap")
+    ):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
