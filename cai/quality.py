@@ -124,10 +124,14 @@ def words(text: str) -> list[str]:
     return re.findall(r"\w+(?:'\w+)?", text.lower())
 
 
+def word_ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    tokens = words(text)
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
 def repeated_ngram_share(text: str, n: int = 3) -> float:
     """Share of the word n-grams that already occurred earlier in the text (0 for short texts)."""
-    tokens = words(text)
-    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    grams = word_ngrams(text, n)
     if not grams:
         return 0.0
     return 1 - len(set(grams)) / len(grams)
@@ -135,10 +139,8 @@ def repeated_ngram_share(text: str, n: int = 3) -> float:
 
 def repeated_span(text: str, n: int) -> str | None:
     """The first run of ``n`` words that appears again later in the text (lower-cased), or None."""
-    tokens = words(text)
     seen: set[tuple[str, ...]] = set()
-    for i in range(len(tokens) - n + 1):
-        gram = tuple(tokens[i : i + n])
+    for gram in word_ngrams(text, n):
         if gram in seen:
             return " ".join(gram)
         seen.add(gram)
@@ -283,4 +285,7 @@ def parse_gates(settings: Sequence[str] = (), *, on_truncated: str | None = None
             raise ValueError(f"--gate {setting!r}: bad value for {name}") from None
     if on_truncated is not None:
         values["on_truncated"] = on_truncated
-    return QualityGates(**values)
+    try:
+        return QualityGates(**values)
+    except ValueError as exc:  # a value out of range ("ngram must be >= 1"): name the flag
+        raise ValueError(f"--gate: {exc}") from None

@@ -69,6 +69,8 @@ def test_a_loop_cut_off_in_its_second_round_is_dropped():
     assert _reason(LOOP_STARTING, parse_gates(["repeated_span_words=12"])) is None  # the repeat is 10 words
     with pytest.raises(ValueError, match="repeated_span_words"):
         QualityGates(repeated_span_words=1)
+    with pytest.raises(ValueError, match="^--gate: repeated_span_words must be >= 2"):
+        parse_gates(["repeated_span_words=1"])
 
 
 # the other pair `make demo` wrote then: an answer that reviews itself
