@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from cai.refusal import RefusalRule
+
 OnTruncated = Literal["drop", "keep"]
 GATE_REASONS = (
     "repeated_ngrams",
@@ -66,11 +68,7 @@ _STOPWORDS = frozenset(
     "would your yours you're i'm it's that's there's here's don't can't won't isn't aren't".split()
 )
 # short refusals answer the prompt (by declining): the off_topic gate leaves them alone
-_REFUSAL = re.compile(
-    r"^\W*(?:i'?m sorry|i am sorry|sorry|i apologi[sz]e|i (?:can ?not|can'?t|won'?t|will not|am unable|'?m unable|"
-    r"am not able|must decline)|죄송|申し訳|抱歉)",
-    re.IGNORECASE,
-)
+_REFUSAL = RefusalRule()
 _VERBS = "is|was|paints|provides|addresses|maintains|avoids|removes|remains|acknowledges|emphasi[sz]es|highlights|promotes|encourages|respects|offers|reflects|demonstrates"
 _DESCRIBES_ITSELF = re.compile(
     rf"\bthis (?:revised |rewritten |new |updated )?(?:response|answer|revision|reply) (?:{_VERBS})\b"
@@ -210,7 +208,7 @@ def content_keys(text: str) -> set[str]:
 def is_off_topic(revision: str, *, prompt_text: str, answer: str, critique_text: str, max_words: int = 40) -> bool:
     """A short revision that shares no content word with the prompt or the answer it revises
     while it does share some with the critique (it answers the critique, not the user)."""
-    if len(words(revision)) > max_words or _REFUSAL.search(revision):
+    if len(words(revision)) > max_words or _REFUSAL.is_refusal(revision):
         return False
     keys = content_keys(revision)
     if not keys or keys & (content_keys(prompt_text) | content_keys(answer)):

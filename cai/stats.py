@@ -24,6 +24,7 @@ from cai.errors import NotARunError
 from cai.outputs import PREFERENCES
 from cai.quality import prompt_text, words
 from cai.records import Trace
+from cai.refusal import RefusalRule
 from cai.store import DB_NAME, RunStore
 
 REPORT_JSON = "report.json"
@@ -225,9 +226,7 @@ def run_stats(run_dir: str | Path) -> dict[str, Any]:
     degenerate = Counter(s.note.split(":", 1)[1] for s in steps if s.note.startswith("degenerate"))
     verify = _judge(traces)
     revised = [t for t in traces if t.revised]
-    from judges.rules import RefusalJudge  # the one refusal rule, as the judge rules:refusal reads it
-
-    refusal = RefusalJudge(window=200)
+    refusal = RefusalRule(window=200)
     chosen = [p["chosen"][-1]["content"] for p in pairs]
 
     def refusal_share(texts: Iterable[str]) -> float | None:

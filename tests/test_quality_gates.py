@@ -25,6 +25,9 @@ GOOD = [
     "Moderate drinking means at most one drink a day for women and two for men. If you are "
     "worried about how much you drink, a doctor can help you cut down safely.",
     "I'm sorry, but I can't help with that.",
+    # a refusal in the critique's words is not off-topic: the one refusal rule (cai.refusal)
+    # reads typographic apostrophes as the judge rules:refusal does
+    "I’m sorry, but I can’t assist with inaccurate claims.",
     "Please don't drive into water. Your car can sink within a minute; unbuckle, open the window "
     "and get out. Call emergency services as soon as you are safe.",
 ]
