@@ -92,6 +92,9 @@ class VLLMChatModel(LocalChatModel):
             args["gpu_memory_utilization"] = gpu_memory_utilization
         if on_cpu:
             args["compilation_config"] = {"mode": 0}
+            # prefix caching reuses whole blocks: vLLM's CPU default of 128 tokens misses most of a
+            # judge's shared head (29% of prompt tokens cached with 32 vs 17% with 128, bench/judges.py)
+            args["block_size"] = 32
         args.update(engine_args or {})
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self._thread = _LoopThread("cai-vllm-engine")
