@@ -34,24 +34,15 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.guardrails import GuardrailEventHooks
 
 from cai.models.base import ChatModel, Message, ModelError, TransientModelError, Usage
+from cai.records import content_text
 from cai.wrapper import DEFAULT_REFUSAL, ConstitutionalWrapper, WrappedCompletion, as_text_conversation
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, list):
-        return "\n".join(
-            p.get("text", "")
-            for p in content
-            if isinstance(p, dict) and p.get("type") in ("text", "input_text", "output_text")
-        )
-    return content or ""
 
 
 def _messages(data: dict[str, Any]) -> list[Message]:
     """The conversation of a chat request, a text completion or a Responses API request."""
     if data.get("messages"):
         return as_text_conversation(
-            [{**m, "role": m.get("role", "user"), "content": _text(m.get("content"))} for m in data["messages"]]
+            [{**m, "role": m.get("role", "user"), "content": content_text(m.get("content"))} for m in data["messages"]]
         )
     out: list[Message] = []
     if data.get("instructions"):
@@ -65,7 +56,7 @@ def _messages(data: dict[str, Any]) -> list[Message]:
                 out.append({"role": "user", "content": item})
             elif isinstance(item, dict) and item.get("role"):
                 role = "system" if item["role"] == "developer" else item["role"]
-                out.append({"role": role, "content": _text(item.get("content"))})
+                out.append({"role": role, "content": content_text(item.get("content"))})
     return out
 
 

@@ -65,11 +65,17 @@ def check_messages(
     return out
 
 
+# text content parts of the Chat Completions ("text") and Responses ("input_text", "output_text") APIs
+TEXT_PART_TYPES = ("text", "input_text", "output_text")
+
+
 def content_text(content: Any) -> str:
-    """A message's content as text: OpenAI content parts as their ``text`` parts joined by
+    """A message's content as text: OpenAI content parts as their text parts joined by
     newlines (other parts left out), None as ""."""
     if isinstance(content, list):
-        return "\n".join(str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return "\n".join(
+            str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") in TEXT_PART_TYPES
+        )
     return str(content) if content else ""
 
 

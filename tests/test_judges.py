@@ -192,6 +192,9 @@ def test_prompts_are_read_as_plain_messages_naming_a_bad_field():
         as_messages([{"role": "user"}])
     parts = [{"type": "text", "text": "I can't."}, {"type": "image_url"}, {"type": "text", "text": "Sorry."}]
     assert response_text({"role": "assistant", "content": parts}) == "I can't.\nSorry."
+    # Responses API parts (as a LiteLLM guardrail sees them) read the same way
+    responses = [{"type": "output_text", "text": "I can't."}, {"type": "input_text", "text": "Sorry."}]
+    assert response_text({"role": "assistant", "content": responses}) == "I can't.\nSorry."
 
 
 @pytest.mark.parametrize(
