@@ -79,6 +79,17 @@ async def test_per_request_max_tokens_and_stop_in_one_batch(embedded_model) -> N
     assert stopped.text and longer.text.startswith(stopped.text[:10])
 
 
+async def test_a_stop_string_of_several_tokens_cuts_the_answer_where_it_starts(embedded_model) -> None:
+    params = GenParams(max_tokens=40)
+    full = await embedded_model.chat(_user(PROMPTS[1]), params)
+    words = full.text.split()
+    assert len(words) > 8, full.text
+    stop = " ".join(words[4:7])  # several tokens, ending well after the first of them
+    cut = await embedded_model.chat(_user(PROMPTS[1]), GenParams(max_tokens=40, stop=(stop,)))
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.index(stop)]
+
+
 async def test_seeded_sampling_is_reproducible(embedded_model) -> None:
     params = GenParams(max_tokens=8, temperature=1.0, top_p=0.9, seed=7)
     a, b = await asyncio.gather(*(embedded_model.chat(_user(PROMPTS[1]), params) for _ in range(2)))

@@ -367,6 +367,13 @@ class BatchDecoder:
     def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
+    def _stop_in_tail(self, tokens: list[int], stop: Sequence[str]) -> bool:
+        """Whether a stop string may have just appeared: it ends in the last token, so only the
+        last few tokens are decoded (4 per character covers UTF-8 split across byte tokens),
+        not the whole answer at every step."""
+        tail = self._text(tokens[-(4 * max(map(len, stop)) + 4) :])
+        return any(s in tail for s in stop)
+
     def _record(self, row: _Row, token: int, logp: torch.Tensor | None) -> None:
         params = row.req.params
         row.sampled.append(token)
@@ -383,7 +390,7 @@ class BatchDecoder:
             row.finish = "stop"
             return
         row.tokens.append(token)
-        if params.stop:
+        if params.stop and self._stop_in_tail(row.tokens, params.stop):
             text = self._text(row.tokens)
             hits = [i for i in (text.find(s) for s in params.stop) if i >= 0]
             if hits:
