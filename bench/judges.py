@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from cai.models import load_model  # noqa: E402
+from cai.models import ChatModel, load_model  # noqa: E402
 from judges.data import read_candidate_sets  # noqa: E402
 from judges.pairwise import LLMPairwiseJudge  # noqa: E402
 
@@ -58,9 +58,9 @@ async def run_path(judge: LLMPairwiseJudge, pairs, concurrency: int) -> dict[str
     }
 
 
-async def bench(args: argparse.Namespace, base_url: str) -> dict[str, dict[str, dict[str, float]]]:
-    """{"throughput": {path: figures}, "latency": {path: figures}} (see ``run_path``)."""
-    model = load_model(f"openai:{args.model}", base_url=base_url, api_key="none", max_concurrency=args.concurrency)
+async def bench(args: argparse.Namespace, model: ChatModel) -> dict[str, dict[str, dict[str, float]]]:
+    """{"throughput": {path: figures}, "latency": {path: figures}} (see ``run_path``) of judges on
+    ``model``, which this closes."""
     sets, _ = read_candidate_sets(args.data, limit=args.offset + 3 * args.pairs + 4 + 2 * args.latency_pairs)
     sets = sets[args.offset :]
     warmup, rest = sets[:4], sets[4 : 4 + 3 * args.pairs]
@@ -115,10 +115,14 @@ def print_results(args: argparse.Namespace, measured: dict[str, dict[str, dict[s
         )
 
 
+def served(args: argparse.Namespace, base_url: str) -> ChatModel:
+    return load_model(f"openai:{args.model}", base_url=base_url, api_key="none", max_concurrency=args.concurrency)
+
+
 def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
     """``bench`` against ``args.base_url``, or a vLLM server started here for the run."""
     if args.base_url is not None:
-        return asyncio.run(bench(args, args.base_url))
+        return asyncio.run(bench(args, served(args, args.base_url)))
     from cai.models.embedded import export_embedded
     from cai.testing.vllm_server import VLLMServer
 
@@ -126,7 +130,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
     server = VLLMServer(export_embedded(), max_model_len=args.max_model_len, kv_cache_gib=2, start_timeout=900).start()
     print(f"vLLM up at {server.base_url} in {time.monotonic() - t0:.0f} s (log {server.log_path})")
     try:
-        return asyncio.run(bench(args, server.base_url))
+        return asyncio.run(bench(args, served(args, server.base_url)))
     finally:
         server.stop()
 

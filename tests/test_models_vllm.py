@@ -25,6 +25,21 @@ def vllm_model(embedded_hf_dir) -> Iterator[object]:
     model.close()
 
 
+def test_on_cpu_the_kv_cache_is_a_fixed_size_not_most_of_the_ram() -> None:
+    from cai.models.vllm_inproc import CPU_KV_CACHE_GIB, engine_arguments
+
+    assert engine_arguments("m", on_cpu=True)["kv_cache_memory_bytes"] == CPU_KV_CACHE_GIB * 2**30
+    assert engine_arguments("m", on_cpu=True, kv_cache_gib=0.5)["kv_cache_memory_bytes"] == 2**29
+    # a share of the RAM, asked for, is vLLM's to size; a GPU sizes its own
+    assert "kv_cache_memory_bytes" not in engine_arguments("m", on_cpu=True, gpu_memory_utilization=0.3)
+    assert "kv_cache_memory_bytes" not in engine_arguments("m", on_cpu=False)
+    assert engine_arguments("m", on_cpu=True, engine_args={"block_size": 16})["block_size"] == 16
+
+
+def test_the_engine_gets_the_kv_cache_it_was_given(vllm_model) -> None:
+    assert vllm_model.engine.vllm_config.cache_config.kv_cache_memory_bytes == 2**30
+
+
 async def test_logprobs_usage_and_same_greedy_text_as_transformers(vllm_model, embedded_model) -> None:
     params = GenParams(max_tokens=5, logprobs=True, top_logprobs=3)
     c = await vllm_model.chat(USER, params)

