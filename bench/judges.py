@@ -127,7 +127,13 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
     from cai.testing.vllm_server import VLLMServer
 
     t0 = time.monotonic()
-    server = VLLMServer(export_embedded(), max_model_len=args.max_model_len, kv_cache_gib=2, start_timeout=900).start()
+    server = VLLMServer(
+        export_embedded(),
+        max_model_len=args.max_model_len,
+        kv_cache_gib=2,
+        start_timeout=900,
+        extra_args=["--dtype", args.dtype],
+    ).start()
     print(f"vLLM up at {server.base_url} in {time.monotonic() - t0:.0f} s (log {server.log_path})")
     try:
         return asyncio.run(bench(args, served(args, server.base_url)))
@@ -170,6 +176,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-url", default=None, help="use a running server instead of starting one")
     parser.add_argument("--model", default="embedded", help="served model name")
     parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--dtype", default="float32", help="of the vLLM server started here")
     return parser
 
 

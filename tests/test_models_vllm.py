@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +25,10 @@ def vllm_model(embedded_hf_dir) -> Iterator[object]:
     pytest.importorskip("vllm")
     from cai.models.vllm_inproc import VLLMChatModel
 
-    model = VLLMChatModel(str(embedded_hf_dir), spec="vllm:embedded", max_model_len=1024, kv_cache_gib=1)
+    # float32: the greedy text and log-probs are compared with the transformers backend's
+    model = VLLMChatModel(
+        str(embedded_hf_dir), spec="vllm:embedded", max_model_len=1024, kv_cache_gib=1, dtype="float32"
+    )
     yield model
     model.close()
 
@@ -34,6 +42,15 @@ def test_on_cpu_the_kv_cache_is_a_fixed_size_not_most_of_the_ram() -> None:
     assert "kv_cache_memory_bytes" not in engine_arguments("m", on_cpu=True, gpu_memory_utilization=0.3)
     assert "kv_cache_memory_bytes" not in engine_arguments("m", on_cpu=False)
     assert engine_arguments("m", on_cpu=True, engine_args={"block_size": 16})["block_size"] == 16
+
+
+def test_on_cpu_the_dtype_is_bfloat16_only_where_the_cpu_computes_it() -> None:
+    from cai.models.vllm_inproc import engine_arguments
+
+    assert engine_arguments("m", on_cpu=True, cpu_bf16=True)["dtype"] == "bfloat16"
+    assert engine_arguments("m", on_cpu=True)["dtype"] == "float32"
+    assert engine_arguments("m", on_cpu=True, cpu_bf16=True, dtype="float32")["dtype"] == "float32"
+    assert engine_arguments("m", on_cpu=False)["dtype"] == "auto"
 
 
 def test_the_engine_gets_the_kv_cache_it_was_given(vllm_model) -> None:
@@ -87,3 +104,41 @@ async def test_json_schema_and_context_limit(vllm_model) -> None:
 
 def test_chat_sync(vllm_model) -> None:
     assert vllm_model.chat_sync(USER, GenParams(max_tokens=2)).usage.completion_tokens == 2
+
+
+def test_vllm_logs_to_stderr_without_one_line_per_cast_tensor(tmp_path, monkeypatch) -> None:
+    from cai.models.vllm_inproc import SkipWeightCasts, configure_vllm_logging
+
+    for key in ("VLLM_LOGGING_CONFIG_PATH", "VLLM_LOGGING_STREAM", "VLLM_CONFIGURE_LOGGING"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("CAI_CACHE_DIR", str(tmp_path))
+    configure_vllm_logging()
+    config = json.loads(Path(os.environ["VLLM_LOGGING_CONFIG_PATH"]).read_text())
+    assert config["handlers"]["vllm"]["stream"] == "ext://sys.stderr"
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("vllm.x", logging.WARNING, "f.py", 1, msg, (), None)
+
+    assert not SkipWeightCasts().filter(record("Attempted to load weight %s with dtype %s"))
+    assert SkipWeightCasts().filter(record("Engine core initialization failed"))
+    # the user's own set-up stays
+    monkeypatch.setenv("VLLM_LOGGING_CONFIG_PATH", "/theirs.json")
+    configure_vllm_logging()
+    assert os.environ["VLLM_LOGGING_CONFIG_PATH"] == "/theirs.json"
+
+
+def test_cli_chat_on_vllm_prints_only_the_answer_on_stdout(embedded_hf_dir) -> None:
+    # a float32 checkpoint on a bfloat16 CPU: vLLM would log 120 cast warnings, to stdout
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOGGING")}
+    cai = Path(sys.executable).with_name("cai")
+    done = subprocess.run(
+        [str(cai), "models", "chat", f"vllm:{embedded_hf_dir}", "What is 2+2?", "--max-tokens", "12"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() and len(done.stdout.strip().splitlines()) <= 2, done.stdout[:2000]
+    assert "INFO" not in done.stdout and "Attempted to load weight" not in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]

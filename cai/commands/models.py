@@ -74,7 +74,13 @@ def chat(
     options = {k: v for k, v in {"base_url": base_url, "api_key": api_key}.items() if v}
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     params = GenParams(max_tokens=max_tokens, temperature=temperature, logprobs=logprobs > 0, top_logprobs=logprobs)
-    completion = load_model(spec, **options).chat_sync(messages, params)
+    from cai.aio import run_sync
+
+    model = load_model(spec, **options)
+    try:
+        completion = model.chat_sync(messages, params)
+    finally:
+        run_sync(model.aclose())  # an engine left to interpreter exit dies with a traceback
     typer.echo(completion.text)
     u = completion.usage
     typer.echo(

