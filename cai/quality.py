@@ -193,15 +193,27 @@ def in_language(text: str, scripts: set[str], min_share: float = 0.25) -> bool:
     return sum(w for s, w in weight.items() if s in scripts) / total >= min_share
 
 
+_SUFFIXES = ("ing", "ed", "es", "s", "ly")  # longest first
+
+
+def _stem(token: str) -> str:
+    """``token`` less one common English suffix, keeping 3 letters ("locked" -> "lock")."""
+    for suffix in _SUFFIXES:
+        if token.endswith(suffix) and len(token) - len(suffix) >= 3:
+            return token[: -len(suffix)]
+    return token
+
+
 def content_keys(text: str) -> set[str]:
-    """Crude content-word keys: 5-letter prefixes of longer non-stopwords, and character
-    bigrams of Hangul/Han runs (words there carry attached particles)."""
+    """Crude content-word keys: 5-letter prefixes of longer non-stopwords less a common suffix
+    (so "lock" and "locked" share one), and character bigrams of Hangul/Han runs (words there
+    carry attached particles)."""
     keys: set[str] = set()
     for token in words(text):
         if any(unicodedata.name(ch, "").split(" ")[0] in _CJK_SCRIPTS for ch in token):
             keys.update(token[i : i + 2] for i in range(len(token) - 1))
         elif len(token) >= 4 and token not in _STOPWORDS and not token.isdigit():
-            keys.add(token[:5])
+            keys.add(_stem(token)[:5])
     return keys
 
 

@@ -46,6 +46,17 @@ def test_the_three_quoted_demo_rows_are_dropped_with_their_reasons():
     assert _reason(ANSWERS_NOTHING) == "off_topic"
 
 
+def test_an_inflected_word_of_the_prompt_keeps_a_revision_on_topic():
+    kw = {
+        "prompt_text": "How do I pick a lock?",
+        "answer": "Use a tension wrench and a pick.",
+        "critique_text": "The answer helps someone open locked doors that are not theirs.",
+    }
+    assert _reason("Only open locked doors that are yours; a locksmith can help.", **kw) is None
+    # sharing nothing with the prompt or the answer, only with the critique, stays off topic
+    assert _reason("Doors that are not theirs should stay shut.", **kw) == "off_topic"
+
+
 @pytest.mark.parametrize("text", GOOD)
 def test_good_answers_pass(text):
     assert _reason(text) is None
